@@ -1,0 +1,1 @@
+"""fedfm: federated learning for and with foundation models."""
