@@ -15,7 +15,11 @@ class FedFMError(Exception):
 
 
 class ConfigError(FedFMError, ValueError):
-    """A config key or value is invalid."""
+    """A config key or value is invalid; ``problems`` lists each one."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.problems = [message]
 
 
 class ResourceMissingError(FedFMError, ImportError):

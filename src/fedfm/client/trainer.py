@@ -1,0 +1,103 @@
+"""The local trainer: the client-side loop, with the strategy's hooks.
+
+The loop reads top to bottom: for each batch, task loss (+ the strategy's extra loss) →
+backward → the strategy's gradient correction → clipping → optimiser step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from fedfm.config import ClientConfig
+from fedfm.data.batching import Batch
+from fedfm.models.params import Params, get_params, trainable_parameters
+from fedfm.strategies.base import LocalHooks
+from fedfm.tasks import Task
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": lambda ps, c: torch.optim.AdamW(ps, lr=c.lr, weight_decay=c.weight_decay),
+    "adam": lambda ps, c: torch.optim.Adam(ps, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda ps, c: torch.optim.SGD(
+        ps, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+    ),
+}
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    params: Params
+    examples_seen: int  # counting every epoch: the work done, not the FedAvg weight
+    steps: int
+    train_loss: float
+
+
+def _epochs_or_steps(
+    make_batches: Callable[[int], Iterator[Batch]], cfg: ClientConfig
+) -> Iterator[Batch]:
+    """``cfg.epochs`` passes over the data, or exactly ``cfg.steps`` batches (cycling)."""
+    if cfg.steps == 0:
+        for epoch in range(cfg.epochs):
+            yield from make_batches(epoch)
+        return
+    done, epoch = 0, 0
+    while done < cfg.steps:
+        for batch in make_batches(epoch):
+            yield batch
+            done += 1
+            if done == cfg.steps:
+                return
+        epoch += 1
+
+
+def train_locally(
+    model: torch.nn.Module,
+    task: Task,
+    make_batches: Callable[[int], Iterator[Batch]],
+    cfg: ClientConfig,
+    hooks: LocalHooks,
+) -> LocalResult:
+    """Train ``model``'s trainable tensors in place on one client's data.
+
+    Args:
+        model: holds the global params on entry.
+        task: gives the loss.
+        make_batches: ``epoch -> batches`` (seeded by the caller per client, round, epoch).
+        cfg: the ``[client]`` config section.
+        hooks: the strategy's client half (proximal term, gradient correction).
+    """
+    live = trainable_parameters(model)
+    optimizer = OPTIMIZERS[cfg.optimizer](list(live.values()), cfg)
+    device = next(iter(live.values())).device
+    correction = (
+        {k: v.to(device) for k, v in hooks.grad_correction.items()}
+        if hooks.grad_correction
+        else None
+    )
+    model.train()
+    steps, seen, loss_sum = 0, 0, 0.0
+    for batch in _epochs_or_steps(make_batches, cfg):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = task.loss(model, batch)
+        loss_sum += loss.item()
+        if hooks.extra_loss is not None:
+            loss = loss + hooks.extra_loss(live)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if correction is not None:
+            for name, p in live.items():
+                p.grad.add_(correction[name])
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(live.values(), cfg.max_grad_norm)
+        optimizer.step()
+        steps += 1
+        seen += len(next(iter(batch.values())))
+    model.eval()
+    return LocalResult(
+        params=get_params(model),
+        examples_seen=seen,
+        steps=steps,
+        train_loss=loss_sum / max(steps, 1),
+    )

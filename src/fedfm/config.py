@@ -1,0 +1,342 @@
+"""Run configuration: frozen dataclasses, TOML loading and ``--set`` overrides.
+
+A config is a TOML file whose tables mirror the dataclasses below. Every key is optional
+(defaults give the default job: MiniLM + LoRA on TREC-6, 10 Dirichlet(0.5) clients, FedAvg).
+An unknown key is an error naming the key and the closest valid one; every value is type
+checked and range checked, and all problems are reported at once.
+
+Example:
+    >>> cfg = load_config(None, ["strategy.name=fedadam", "rounds=3"])
+    >>> cfg.strategy.name, cfg.rounds
+    ('fedadam', 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fedfm.errors import ConfigError, closest
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "trec6"  # registry name: trec6 | sentiment4 | sms_spam | shakespeare | digits
+    partition: str = "dirichlet"  # iid | dirichlet | shards | quantity | natural
+    num_clients: int = 10  # natural: 0 = one client per group
+    alpha: float = 0.5  # Dirichlet concentration (dirichlet: label skew; quantity: size skew)
+    shards_per_client: int = 2  # shards: labels per client (pathological non-IID)
+    min_client_size: int = 8  # every client gets at least this many training examples
+    client_eval_fraction: float = 0.1  # share of each client's data held out for client eval
+    max_length: int = 64  # tokens per example (truncation); batches are padded per batch
+    max_train_examples: int = 0  # 0 = all; >0 = seeded subsample of the training pool
+    max_test_examples: int = 0  # 0 = all; >0 = seeded subsample of the global test set
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "minilm"  # registry name: minilm | smollm2-135m | mlp
+    pretrained: bool = True  # false = same architecture, random init (baseline)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    method: str = "lora"  # lora | head (linear probe) | full (full fine-tuning)
+    rank: int = 8  # LoRA rank r
+    alpha: float = 16.0  # LoRA scaling alpha (scale = alpha / rank)
+    dropout: float = 0.0  # LoRA dropout
+    target_modules: tuple[str, ...] = ()  # empty = per-architecture default
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    epochs: int = 1  # local epochs over the client's data
+    steps: int = 0  # >0: exactly this many local steps instead of epochs
+    batch_size: int = 32
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    lr: float = 2e-3
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 = no gradient clipping
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = "fedavg"  # fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad | scaffold
+    fraction: float = 0.5  # share of clients per round (used when clients_per_round = 0)
+    clients_per_round: int = 0  # >0 overrides fraction
+    proximal_mu: float = 0.01  # fedprox: weight of (mu/2)||w - w_global||^2
+    server_lr: float = 1.0  # server step size (fedavgm, fedopt, scaffold)
+    server_momentum: float = 0.9  # fedavgm
+    beta1: float = 0.9  # fedadam / fedyogi / fedadagrad first moment
+    beta2: float = 0.99  # fedadam / fedyogi second moment
+    tau: float = 1e-3  # fedopt adaptivity (epsilon)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 1  # evaluate the global model every k rounds (and always at the last)
+    per_client: bool = False  # also evaluate on every client's held-out split
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 1  # write an atomic checkpoint every k rounds (0 = never)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = ""  # run folder name under output_dir; empty = derived from the config
+    seed: int = 0
+    rounds: int = 5
+    output_dir: str = "runs"
+    backend: str = "simulation"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        problems = _range_problems(self)
+        if problems:
+            raise _invalid(problems)
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        return (
+            f"{self.data.dataset}-{self.model.name}-{self.adapter.method}-{self.strategy.name}"
+            f"-{self.data.partition}-s{self.seed}"
+        )
+
+
+# ---------------------------------------------------------------- validation of values
+
+
+def _invalid(problems: list[str]) -> ConfigError:
+    err = ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    err.problems = list(problems)
+    return err
+
+
+_POSITIVE = {
+    "rounds",
+    "data.num_clients",
+    "data.min_client_size",
+    "data.max_length",
+    "data.shards_per_client",
+    "adapter.rank",
+    "client.batch_size",
+    "eval.batch_size",
+    "eval.every",
+}
+_NON_NEGATIVE = {
+    "data.max_train_examples",
+    "data.max_test_examples",
+    "client.steps",
+    "client.epochs",
+    "client.weight_decay",
+    "client.max_grad_norm",
+    "client.momentum",
+    "strategy.clients_per_round",
+    "strategy.proximal_mu",
+    "checkpoint.every",
+    "adapter.dropout",
+}
+_STRICTLY_POSITIVE_FLOATS = {
+    "data.alpha",
+    "client.lr",
+    "strategy.server_lr",
+    "strategy.tau",
+    "adapter.alpha",
+}
+_UNIT_INTERVAL = {"strategy.beta1", "strategy.beta2", "strategy.server_momentum"}
+_CHOICES = {
+    "backend": ("simulation",),
+    "adapter.method": ("lora", "head", "full"),
+    "client.optimizer": ("adamw", "adam", "sgd"),
+}
+
+
+def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flat(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def _range_problems(cfg: RunConfig) -> list[str]:
+    flat = _flat(cfg)
+    problems = []
+    for key, value in flat.items():
+        if key in _POSITIVE and value < 1:
+            problems.append(f"{key} = {value!r} must be >= 1")
+        elif key in _NON_NEGATIVE and value < 0:
+            problems.append(f"{key} = {value!r} must be >= 0")
+        elif key in _STRICTLY_POSITIVE_FLOATS and not value > 0:
+            problems.append(f"{key} = {value!r} must be > 0")
+        elif key in _UNIT_INTERVAL and not 0 <= value < 1:
+            problems.append(f"{key} = {value!r} must be in [0, 1)")
+        elif key in _CHOICES and value not in _CHOICES[key]:
+            hint = closest(str(value), _CHOICES[key])
+            problems.append(f"{key} = {value!r} is not one of {_CHOICES[key]}.{hint}")
+    if not 0 < flat["strategy.fraction"] <= 1:
+        problems.append(f"strategy.fraction = {flat['strategy.fraction']!r} must be in (0, 1]")
+    if not 0 <= flat["data.client_eval_fraction"] < 1:
+        value = flat["data.client_eval_fraction"]
+        problems.append(f"data.client_eval_fraction = {value!r} must be in [0, 1)")
+    if flat["client.epochs"] == 0 and flat["client.steps"] == 0:
+        problems.append("client.epochs and client.steps are both 0: set one of them >= 1")
+    return problems
+
+
+# ---------------------------------------------------------------- parsing and typing
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the annotated type ``hint``; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} = {value!r} must be a list of strings, e.g. [\"query\"]")
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported annotation {hint} for {key}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint):
+        raise ConfigError(
+            f"{key} = {value!r} has type {type(value).__name__}; expected {hint.__name__}"
+        )
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{key} = {value!r} has type bool; expected int")
+    return value
+
+
+def _build(cls: type, table: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    hints = _hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if key not in hints:
+            hint = closest(key, hints)
+            problems.append(f"unknown key '{dotted}'.{hint} Valid keys here: {', '.join(hints)}")
+            continue
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            if not isinstance(value, dict):
+                problems.append(f"'{dotted}' must be a table ([{dotted}])")
+                continue
+            kwargs[key] = _build(hint_type, value, f"{dotted}.", problems)
+            continue
+        try:
+            kwargs[key] = _coerce(dotted, value, hint_type)
+        except ConfigError as err:
+            problems.append(str(err))
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # range problems found by RunConfig.__post_init__
+        problems.extend(err.problems)
+        return None
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set '{item}' must look like key=value, e.g. --set strategy.name=fedprox")
+    key, raw = item.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string: --set strategy.name=fedprox
+    return key.split("."), value
+
+
+def _merge(table: dict[str, Any], path: list[str], value: Any) -> None:
+    node = table
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: '{part}' is not a table")
+    node[path[-1]] = value
+
+
+def config_from_dict(table: dict[str, Any]) -> RunConfig:
+    """Build a validated :class:`RunConfig` from a TOML-shaped dict; reports all problems."""
+    problems: list[str] = []
+    cfg = _build(RunConfig, table, "", problems)
+    if problems:
+        raise _invalid(problems)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a TOML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    table: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from err
+    for item in overrides:
+        keys, value = _parse_override(item)
+        _merge(table, keys, value)
+    return config_from_dict(table)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as nested plain dicts and lists (tuples become lists), ready for TOML/JSON."""
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """Serialise the resolved config as TOML (round-trips through :func:`load_config`)."""
+    table = to_dict(cfg)
+    lines = [f"{k} = {_toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for section, values in table.items():
+        if isinstance(values, dict):
+            lines.append(f"\n[{section}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,94 @@
+"""Tokenise a split once, then cut seeded batches padded to their own longest example."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedfm.resources.types import Split
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A split ready for batching.
+
+    Attributes:
+        ids: token ids per example (text), each an int64 array of its own length; or
+            ``None`` for feature datasets.
+        features: float32 ``(N, D)`` for feature datasets, else ``None``.
+        labels: int64 ``(N,)`` class ids, or ``None`` for causal LM.
+        pad_id: the tokenizer's pad token id.
+    """
+
+    ids: list[np.ndarray] | None
+    features: np.ndarray | None
+    labels: np.ndarray | None
+    pad_id: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids) if self.ids is not None else len(self.features)
+
+    def lengths(self) -> np.ndarray:
+        if self.ids is None:
+            return np.ones(len(self), dtype=np.int64)
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def encode(split: Split, tokenizer, *, max_length: int) -> Encoded:  # noqa: ANN001
+    """Tokenise every example of ``split`` once (truncated to ``max_length``, unpadded)."""
+    if tokenizer is None:
+        features = np.asarray(split.inputs, dtype=np.float32)
+        return Encoded(ids=None, features=features, labels=split.labels)
+    enc = tokenizer(list(split.inputs), truncation=True, max_length=max_length)
+    ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return Encoded(ids=ids, features=None, labels=split.labels, pad_id=pad_id)
+
+
+def collate(data: Encoded, indices: Sequence[int], *, causal_lm: bool) -> Batch:
+    """One batch of ``indices``, padded to the longest example in it."""
+    idx = np.asarray(indices)
+    if data.ids is None:
+        batch = {"x": torch.from_numpy(data.features[idx])}
+    else:
+        rows = [data.ids[i] for i in idx]
+        width = max(len(r) for r in rows)
+        input_ids = np.full((len(rows), width), data.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for j, row in enumerate(rows):
+            input_ids[j, : len(row)] = row
+            mask[j, : len(row)] = 1
+        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+        if causal_lm:
+            labels = batch["input_ids"].clone()
+            labels[batch["attention_mask"] == 0] = -100
+            batch["labels"] = labels
+    if not causal_lm and data.labels is not None:
+        batch["labels"] = torch.from_numpy(data.labels[idx].astype(np.int64))
+    return batch
+
+
+def batches(
+    data: Encoded,
+    indices: np.ndarray,
+    *,
+    batch_size: int,
+    causal_lm: bool,
+    seed: int | None = None,
+) -> Iterator[Batch]:
+    """Batches over ``indices``: shuffled with ``seed``, or sorted by length when ``seed`` is None.
+
+    Sorting by length (for evaluation) minimises padding; the metrics do not depend on order.
+    """
+    indices = np.asarray(indices)
+    if seed is None:
+        order = indices[np.argsort(data.lengths()[indices], kind="stable")]
+    else:
+        order = np.random.default_rng(seed).permutation(indices)
+    for start in range(0, len(order), batch_size):
+        yield collate(data, order[start : start + batch_size], causal_lm=causal_lm)

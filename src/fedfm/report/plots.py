@@ -1,0 +1,210 @@
+"""Learning curves of one run or several: quality against rounds and against bytes sent.
+
+Every figure has the same 2×2 layout, so a single run's ``curves.png`` and a
+``comparison.png`` read the same way::
+
+    main metric vs round   | main metric vs cumulative MB
+    loss vs round          | loss vs cumulative MB
+
+The main metric is ``test_accuracy`` (classification) or ``test_perplexity`` (causal LM, log
+scale), chosen by which key the records hold. Eval curves use only the rounds where evaluation
+ran; ``train_loss`` (dashed) uses every round. Figures are drawn with matplotlib's Agg canvas
+directly (no ``pyplot``, no global backend switch) and saved atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from fedfm.io import atomic_write_bytes
+
+Record = Mapping[str, Any]
+
+_LABELS = {
+    "test_accuracy": "test accuracy",
+    "test_perplexity": "test perplexity",
+    "test_loss": "loss",
+}
+_MARKER_MAX_POINTS = 40  # draw point markers only while a curve is sparse enough to read them
+
+
+def format_mb(num_bytes: float) -> str:
+    """Format a byte count as megabytes (10^6 bytes) with about three significant digits.
+
+    Example:
+        >>> format_mb(3_141_592), format_mb(910_000_000), format_mb(12_345)
+        ('3.14 MB', '910 MB', '0.0123 MB')
+    """
+    mb = num_bytes / 1e6
+    text = f"{mb:,.0f}" if mb >= 100 else f"{mb:.3g}"
+    return f"{text} MB"
+
+
+def main_metric(records: Sequence[Record]) -> str | None:
+    """Return ``"test_accuracy"``, ``"test_perplexity"`` or ``None``, by which key is logged."""
+    for key in ("test_accuracy", "test_perplexity"):
+        if any(r.get(key) is not None for r in records):
+            return key
+    return None
+
+
+def plot_curves(
+    records: Sequence[Record], path: str | os.PathLike[str], *, title: str = ""
+) -> Path:
+    """Plot one run's learning curves into a PNG (2×2 layout, see the module docstring).
+
+    If the records hold ``full_model_cum_bytes``, the MB panels' titles compare the bytes
+    sent with what full-model FL would have sent, e.g. "adapters: 3.1 MB vs full model: 910 MB".
+
+    Args:
+        records: The run's round records (from :func:`fedfm.report.metrics.read_records`).
+        path: Where to write the PNG (atomically).
+        title: Figure title, e.g. the run name.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Example:
+        >>> records = read_records("runs/demo/metrics.jsonl")  # doctest: +SKIP
+        >>> plot_curves(records, "runs/demo/curves.png", title="demo")  # doctest: +SKIP
+    """
+    return _save(_figure({"": records}, title=title, mb_note=_bytes_note(records)), path)
+
+
+def plot_comparison(
+    runs: Mapping[str, Sequence[Record]], path: str | os.PathLike[str], *, title: str = ""
+) -> Path:
+    """Plot several runs on one 2×2 figure, one line (colour) per run, legend = run name.
+
+    Args:
+        runs: Run name → that run's round records.
+        path: Where to write the PNG (atomically).
+        title: Figure title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    return _save(_figure(runs, title=title, mb_note=""), path)
+
+
+def _figure(runs: Mapping[str, Sequence[Record]], *, title: str, mb_note: str) -> Figure:
+    """Draw every run onto a fresh 2×2 figure and label the axes."""
+    fig = Figure(figsize=(11, 8), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    metric = main_metric([r for records in runs.values() for r in records])
+    for i, (name, records) in enumerate(runs.items()):
+        _draw_run(axes, records, metric=metric, name=name, color=f"C{i % 10}")
+    _label_axes(axes, metric=metric, mb_note=mb_note, single=len(runs) == 1)
+    if title:
+        fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def _draw_run(
+    axes: Any, records: Sequence[Record], *, metric: str | None, name: str, color: str
+) -> None:
+    """Draw one run's four curves (main metric, test loss, dashed train loss)."""
+    top_label = name or (_LABELS[metric] if metric else "")
+    for col, x_key in enumerate(("round", "cum_bytes")):
+        if metric:
+            _line(axes[0][col], records, x_key, metric, label=top_label, color=color)
+        _line(axes[1][col], records, x_key, "test_loss", label=name or "test", color=color)
+        _line(
+            axes[1][col],
+            records,
+            x_key,
+            "train_loss",
+            label="" if name else "train",
+            color=color,
+            linestyle="--",
+            alpha=0.7,
+        )
+
+
+def _line(ax: Axes, records: Sequence[Record], x_key: str, y_key: str, **style: Any) -> None:
+    """Plot ``y_key`` against ``x_key`` over the records that hold finite values of both."""
+    xs, ys = _xy(records, x_key, y_key)
+    if not xs:
+        return
+    if x_key == "cum_bytes":
+        xs = [x / 1e6 for x in xs]
+    marker = "o" if len(xs) <= _MARKER_MAX_POINTS else None
+    if not style.get("label"):
+        style["label"] = "_nolegend_"
+    ax.plot(xs, ys, marker=marker, markersize=3.5, **style)
+
+
+def _xy(records: Sequence[Record], x_key: str, y_key: str) -> tuple[list[float], list[float]]:
+    """Return the (x, y) pairs of the records where both keys hold finite numbers."""
+    pairs = [(r.get(x_key), r.get(y_key)) for r in records]
+    kept = [(x, y) for x, y in pairs if _finite(x) and _finite(y)]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def _finite(value: Any) -> bool:
+    """True for a finite int or float (not bool, not ``None``)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _label_axes(axes: Any, *, metric: str | None, mb_note: str, single: bool) -> None:
+    """Set titles, axis labels, scales and legends of the four panels."""
+    metric_label = _LABELS[metric] if metric else "test metric"
+    loss_title = "loss (solid: test, dashed: train)"
+    mb_suffix = f"\n{mb_note}" if mb_note else ""
+    titles = [
+        [f"{metric_label} by round", f"{metric_label} by data sent{mb_suffix}"],
+        [f"{loss_title} by round", f"{loss_title} by data sent{mb_suffix}"],
+    ]
+    for row in range(2):
+        for col in range(2):
+            ax = axes[row][col]
+            ax.set_title(titles[row][col], fontsize=10)
+            ax.set_xlabel("round" if col == 0 else "cumulative data sent, down + up (MB)")
+            ax.set_ylabel(metric_label if row == 0 else "loss")
+            ax.grid(True, alpha=0.3)
+            _finish_panel(ax, log_y=row == 0 and metric == "test_perplexity")
+        axes[row][0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    # One legend is enough: every panel uses the same colours. A single run needs it only for
+    # test vs train loss; a comparison needs it to name the runs.
+    candidates = [axes[1][0]] if single else [axes[0][0], axes[1][0]]
+    for ax in candidates:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
+            break
+
+
+def _finish_panel(ax: Axes, *, log_y: bool) -> None:
+    """Use a log y-axis if asked, or say so when a panel has nothing to show."""
+    if not ax.lines:
+        ax.text(0.5, 0.5, "not logged yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    elif log_y:
+        ax.set_yscale("log")
+
+
+def _bytes_note(records: Sequence[Record]) -> str:
+    """Return "adapters: X MB vs full model: Y MB" from the last record holding both."""
+    for r in reversed(records):
+        if _finite(r.get("cum_bytes")) and _finite(r.get("full_model_cum_bytes")):
+            sent, full = r["cum_bytes"], r["full_model_cum_bytes"]
+            return f"adapters: {format_mb(sent)} vs full model: {format_mb(full)}"
+    return ""
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Render ``fig`` to PNG in memory and write it atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(path, buf.getvalue())

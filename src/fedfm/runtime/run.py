@@ -1,0 +1,197 @@
+"""A run: one execution of a config, written to ``runs/<name>/`` as it goes.
+
+The folder holds the resolved ``config.toml``, ``metrics.jsonl`` (a record per round, written
+as each round ends), ``checkpoint.pt`` (atomic, every ``checkpoint.every`` rounds),
+and at the end ``summary.json``, ``curves.png``, ``adapter.safetensors`` and a model card.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedfm.config import RunConfig, load_config, to_toml
+from fedfm.errors import FedFMError
+from fedfm.io import atomic_write_json, atomic_write_text
+from fedfm.models.params import num_params, save_params_file
+from fedfm.report.card import write_model_card
+from fedfm.report.metrics import MetricsLog, read_records
+from fedfm.report.plots import plot_curves
+from fedfm.runtime.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
+from fedfm.runtime.job import Job, build_job
+from fedfm.runtime.simulation import RoundState, run_round
+
+CONFIG_FILE = "config.toml"
+METRICS_FILE = "metrics.jsonl"
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.2f} MB" if n < 1e9 else f"{n / 1e9:,.2f} GB"
+
+
+def round_line(record: dict[str, Any], rounds: int) -> str:
+    """One human line per round: main metrics, bytes, seconds."""
+    parts = [f"round {record['round']:>3}/{rounds}"]
+    for key, label in (("test_accuracy", "acc"), ("test_macro_f1", "f1"),
+                       ("test_perplexity", "ppl"), ("test_loss", "loss"),
+                       ("client_accuracy_worst10", "worst10% acc")):
+        if key in record:
+            parts.append(f"{label} {record[key]:.4f}")
+    parts.append(f"train_loss {record['train_loss']:.4f}")
+    parts.append(f"sent {_mb(record['bytes_down'] + record['bytes_up'])}")
+    parts.append(f"(cum {_mb(record['cum_bytes'])} vs full model {_mb(record['full_model_cum_bytes'])})")
+    parts.append(f"{record['seconds']:.1f} s")
+    if record["excluded"]:
+        parts.append(f"[excluded {len(record['excluded'])}]")
+    return "  ".join(parts)
+
+
+def prepare_run_dir(cfg: RunConfig, *, overwrite: bool) -> Path:
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise FedFMError(
+                f"run folder {run_dir} already exists. Continue it with "
+                f"`fedfm run --resume {run_dir}`, replace it with --overwrite, or pick another "
+                "name with --set name=..."
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILE, to_toml(cfg))
+    return run_dir
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """The run's saved config with ``overrides`` applied (e.g. ``rounds=10`` to go further)."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FedFMError(f"{run_dir} has no {CONFIG_FILE}: is it a fedfm run folder?")
+    return load_config(run_dir / CONFIG_FILE, overrides)
+
+
+def _restore(job: Job, run_dir: Path, log: MetricsLog) -> RoundState:
+    ckpt = load_checkpoint(run_dir)
+    if ckpt.backbone != job.backbone:
+        raise FedFMError(
+            f"checkpoint in {run_dir} was made on backbone {ckpt.backbone}, but this config loads "
+            f"backbone {job.backbone}: resume with the run's own config.toml"
+        )
+    job.strategy.load_state_dict(ckpt.strategy_state)
+    restore_rng(ckpt.rng)
+    log.truncate_after(ckpt.round)
+    records = read_records(run_dir / METRICS_FILE)
+    last = records[-1] if records else {}
+    return RoundState(
+        round=ckpt.round,
+        global_params=ckpt.global_params,
+        client_states=ckpt.client_states,
+        cum_bytes=last.get("cum_bytes", 0),
+        full_model_cum_bytes=last.get("full_model_cum_bytes", 0),
+    )
+
+
+def _checkpoint(job: Job, run_dir: Path, state: RoundState) -> None:
+    save_checkpoint(run_dir, Checkpoint(
+        round=state.round,
+        global_params=state.global_params,
+        strategy_state=job.strategy.state_dict(),
+        client_states=state.client_states,
+        backbone=job.backbone,
+        rng=rng_state(),
+    ))
+
+
+def _summary(job: Job, state: RoundState, records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    cfg, metric = job.cfg, job.task.main_metric
+    evaluated = [r for r in records if f"test_{metric}" in r]
+    final = {k: v for k, v in evaluated[-1].items() if k.startswith(("test_", "client_"))} if evaluated else {}
+    values = [r[f"test_{metric}"] for r in evaluated]
+    best = (max(values) if job.task.higher_is_better else min(values)) if values else None
+    return {
+        "name": cfg.run_name,
+        "task": job.dataset.task,
+        "model": cfg.model.name,
+        "pretrained": cfg.model.pretrained,
+        "adapter": cfg.adapter.method,
+        "dataset": cfg.data.dataset,
+        "partition": cfg.data.partition,
+        "strategy": cfg.strategy.name,
+        "num_clients": len(job.federation),
+        "rounds_completed": state.round,
+        "final": final,
+        f"best_test_{metric}": best,
+        "total_bytes": state.cum_bytes,
+        "full_model_total_bytes": state.full_model_cum_bytes,
+        "wall_seconds": wall,
+        "trainable_params": num_params(state.global_params),
+        "total_params": job.total_params,
+        "backbone_hash": job.backbone,
+        "excluded_updates": sum(len(r["excluded"]) for r in records),
+    }
+
+
+def _finish(job: Job, run_dir: Path, state: RoundState, wall: float) -> dict[str, Any]:
+    records = read_records(run_dir / METRICS_FILE)
+    summary = _summary(job, state, records, wall)
+    atomic_write_json(run_dir / "summary.json", summary)
+    plot_curves(records, run_dir / "curves.png", title=job.cfg.run_name)
+    save_params_file(run_dir / "adapter.safetensors", state.global_params, backbone=job.backbone,
+                     model=job.cfg.model.name, adapter=job.cfg.adapter.method)
+    write_model_card(run_dir, summary=summary, config_toml=to_toml(job.cfg))
+    return summary
+
+
+def execute(cfg: RunConfig, *, run_dir: Path, resume: bool = False,
+            console: Console | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) the federated job of ``cfg`` in ``run_dir``; return the summary.
+
+    Args:
+        stop_after: stop after this round without finishing (to test resume after a crash).
+    """
+    console = console or Console()
+    started = time.perf_counter()
+    console.print(f"[bold]fedfm[/] run [cyan]{cfg.run_name}[/] → {run_dir}")
+    with console.status("loading data and model ..."):
+        job = build_job(cfg)
+    log = MetricsLog(run_dir / METRICS_FILE)
+    if resume:
+        state = _restore(job, run_dir, log)
+        console.print(f"resumed after round {state.round}")
+    else:
+        state = RoundState(round=0, global_params=job.initial_params)
+    console.print(
+        f"{job.dataset.name}: {len(job.federation)} clients, {len(job.dataset.test)} test examples"
+        f" · {cfg.model.name} + {cfg.adapter.method}: {num_params(state.global_params):,} trainable"
+        f" of {job.total_params:,} params · backbone {job.backbone} · {cfg.strategy.name}"
+    )
+    cohort = job.strategy.cohort_size(len(job.federation))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        rounds_bar = progress.add_task("rounds", total=cfg.rounds, completed=state.round)
+        clients_bar = progress.add_task("clients", total=cohort)
+        while state.round < cfg.rounds:
+            progress.reset(clients_bar, total=cohort)
+            record = run_round(job, state, on_client=lambda _: progress.advance(clients_bar))
+            log.append(record)
+            console.print(round_line(record, cfg.rounds))
+            if cfg.checkpoint.every and (state.round % cfg.checkpoint.every == 0
+                                         or state.round == cfg.rounds):
+                _checkpoint(job, run_dir, state)
+            progress.advance(rounds_bar)
+            if stop_after is not None and state.round >= stop_after:
+                return {"stopped_after": state.round}
+    summary = _finish(job, run_dir, state, time.perf_counter() - started)
+    console.print(f"done in {summary['wall_seconds']:.0f} s → {run_dir} "
+                  f"(metrics.jsonl, curves.png, adapter.safetensors, {CHECKPOINT_FILE})")
+    return summary

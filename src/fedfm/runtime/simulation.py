@@ -1,0 +1,165 @@
+"""In-process simulation: every client of a round runs in turn on the one shared model.
+
+A round, as one readable template:
+
+1. select a cohort (seeded by round);
+2. send the global params and the strategy's payload (bytes down counted);
+3. each client: swap its params in, train locally with the strategy's hooks, return an
+   update (bytes up counted); a client that fails or returns NaN/Inf is recorded and excluded;
+4. aggregate the valid updates into new global params;
+5. evaluate on the global test set (and optionally on every client's held-out split).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedfm.data.batching import batches
+from fedfm.data.federation import ClientData
+from fedfm.errors import FedFMError
+from fedfm.models.params import Params, payload_bytes, set_params
+from fedfm.client.trainer import train_locally
+from fedfm.runtime.job import Job
+from fedfm.strategies.aggregate import non_finite
+from fedfm.strategies.base import Update
+
+
+def client_seed(seed: int, round_: int, client_id: int, epoch: int = 0) -> int:
+    """A seed that is a pure function of (run seed, round, client, epoch)."""
+    return int(np.random.default_rng([seed, round_, client_id, epoch]).integers(2**31 - 1))
+
+
+@dataclass
+class RoundState:
+    """What the server carries from round to round."""
+
+    round: int
+    global_params: Params
+    client_states: dict[int, Params] = field(default_factory=dict)
+    cum_bytes: int = 0
+    full_model_cum_bytes: int = 0
+
+
+def fit_client(job: Job, client: ClientData, global_params: Params, payload: Params,
+               client_state: Params, round_: int) -> tuple[Update, Params]:
+    """Run one client's local training: returns its update and its new client state."""
+    cfg = job.cfg
+    set_params(job.model, global_params)
+    hooks = job.strategy.client_hooks(global_params, payload, client_state)
+    torch.manual_seed(client_seed(cfg.seed, round_, client.id, -1))  # dropout
+
+    def make_batches(epoch: int):  # noqa: ANN202
+        return batches(
+            job.train, client.train, batch_size=cfg.client.batch_size,
+            causal_lm=job.causal_lm, seed=client_seed(cfg.seed, round_, client.id, epoch),
+        )
+
+    result = train_locally(job.model, job.task, make_batches, cfg.client, hooks)
+    extras, new_state = job.strategy.client_finish(
+        global_params, result.params, payload, client_state, steps=result.steps, lr=cfg.client.lr
+    )
+    update = Update(
+        client_id=client.id,
+        params=result.params,
+        num_examples=client.num_examples,
+        metrics={"train_loss": result.train_loss, "steps": result.steps},
+        extras=extras,
+        bytes_up=payload_bytes({**result.params, **extras}),
+    )
+    return update, new_state
+
+
+def evaluate_global(job: Job, params: Params) -> dict[str, float]:
+    set_params(job.model, params)
+    test_idx = np.arange(len(job.test))
+    return job.task.evaluate(
+        job.model,
+        batches(job.test, test_idx, batch_size=job.cfg.eval.batch_size, causal_lm=job.causal_lm),
+    )
+
+
+def evaluate_clients(job: Job, params: Params) -> dict[str, float]:
+    """Mean and worst-10% of every client's metric on its own held-out split."""
+    set_params(job.model, params)
+    metric = job.task.main_metric
+    values = []
+    for client in job.federation.clients:
+        if len(client.eval) == 0:
+            continue
+        result = job.task.evaluate(
+            job.model,
+            batches(job.train, client.eval, batch_size=job.cfg.eval.batch_size,
+                    causal_lm=job.causal_lm),
+        )
+        values.append(result[metric])
+    if not values:
+        return {}
+    ordered = np.sort(values)
+    if not job.task.higher_is_better:
+        ordered = ordered[::-1]
+    worst = ordered[: max(1, int(np.ceil(0.1 * len(ordered))))]
+    return {f"client_{metric}_mean": float(np.mean(values)),
+            f"client_{metric}_worst10": float(np.mean(worst))}
+
+
+def run_round(job: Job, state: RoundState, *, on_client: Callable[[int], None] | None = None
+              ) -> dict[str, Any]:
+    """Run round ``state.round + 1`` in place on ``state``; return its metrics record."""
+    cfg, strategy = job.cfg, job.strategy
+    round_ = state.round + 1
+    start = time.perf_counter()
+    cohort = strategy.select(round_, len(job.federation), seed=cfg.seed)
+    payload = strategy.payload(round_)
+    bytes_down = payload_bytes({**state.global_params, **payload}) * len(cohort)
+
+    updates, excluded = [], []
+    for cid in cohort:
+        try:
+            update, new_state = fit_client(job, job.federation[cid], state.global_params,
+                                           payload, state.client_states.get(cid, {}), round_)
+        except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
+            excluded.append({"client": cid, "reason": f"{type(err).__name__}: {err}"})
+        else:
+            bad = non_finite(update.params) + non_finite(update.extras)
+            if bad:
+                excluded.append({"client": cid, "reason": f"non-finite values in {bad[:3]}"})
+            else:
+                updates.append(update)
+                if new_state:
+                    state.client_states[cid] = new_state
+        if on_client is not None:
+            on_client(cid)
+
+    if updates:
+        state.global_params = strategy.aggregate(round_, state.global_params, updates)
+    elif round_ == 1:
+        raise FedFMError(f"every client of round 1 failed: {excluded}")
+    state.round = round_
+    bytes_up = sum(u.bytes_up for u in updates)
+    state.cum_bytes += bytes_down + bytes_up
+    state.full_model_cum_bytes += 2 * job.full_model_bytes * len(cohort)
+    record: dict[str, Any] = {
+        "round": round_,
+        "cohort": cohort,
+        "num_examples": sum(u.num_examples for u in updates),
+        "train_loss": (float(np.average([u.metrics["train_loss"] for u in updates],
+                                        weights=[u.num_examples for u in updates]))
+                       if updates else float("nan")),
+        "bytes_down": bytes_down,
+        "bytes_up": bytes_up,
+        "cum_bytes": state.cum_bytes,
+        "full_model_cum_bytes": state.full_model_cum_bytes,
+        "excluded": excluded,
+    }
+    if round_ % cfg.eval.every == 0 or round_ == cfg.rounds:
+        record.update({f"test_{k}": v for k, v in evaluate_global(job, state.global_params).items()})
+        if cfg.eval.per_client:
+            record.update(evaluate_clients(job, state.global_params))
+    record["seconds"] = time.perf_counter() - start
+    return record

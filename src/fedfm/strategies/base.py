@@ -1,0 +1,127 @@
+"""The strategy: a federated algorithm's server half *and* client half in one class.
+
+A round is: ``select`` a cohort → send global params plus ``payload`` → each client runs
+the local trainer with ``client_hooks`` and closes with ``client_finish`` → the server
+``aggregate``s the updates. Strategy state (moments, control variates) lives in the
+strategy and is saved by ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedfm.config import StrategyConfig
+from fedfm.models.params import Params
+from fedfm.registry import Registry
+from fedfm.strategies.aggregate import subtract, weighted_average
+
+
+@dataclass(frozen=True)
+class LocalHooks:
+    """How a strategy changes the local loop (the client half of the algorithm).
+
+    Attributes:
+        extra_loss: added to the task loss each step, given the live trainable tensors
+            (FedProx's proximal term).
+        grad_correction: added to each trainable tensor's gradient after backward
+            (SCAFFOLD's ``c - c_i``).
+    """
+
+    extra_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+    grad_correction: Params | None = None
+
+
+@dataclass(frozen=True)
+class Update:
+    """What a client returns after local training.
+
+    Attributes:
+        client_id: who sent it.
+        params: the client's new trainable tensors.
+        num_examples: examples trained on (the FedAvg weight).
+        metrics: local training metrics (e.g. ``train_loss``).
+        extras: strategy-specific tensors (SCAFFOLD: the control variate delta).
+        bytes_up: exact serialised size of ``params`` and ``extras``.
+    """
+
+    client_id: int
+    params: Params
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    extras: Params = field(default_factory=dict)
+    bytes_up: int = 0
+
+
+class Strategy(ABC):
+    """Base class: seeded cohort selection and the no-op client half."""
+
+    name: str = ""
+
+    def __init__(self, cfg: StrategyConfig, *, num_clients: int = 1) -> None:
+        self.cfg = cfg
+        self.num_clients = num_clients  # the federation's size (SCAFFOLD's N)
+
+    # ------------------------------------------------------------------ server half
+    def cohort_size(self, num_clients: int) -> int:
+        if self.cfg.clients_per_round > 0:
+            return min(self.cfg.clients_per_round, num_clients)
+        return max(1, round(self.cfg.fraction * num_clients))
+
+    def select(self, round_: int, num_clients: int, *, seed: int) -> list[int]:
+        """A seeded cohort: a pure function of (seed, round), so resuming re-draws it exactly."""
+        rng = np.random.default_rng([seed, round_])
+        size = self.cohort_size(num_clients)
+        return sorted(rng.choice(num_clients, size=size, replace=False).tolist())
+
+    def initialize(self, params: Params) -> None:
+        """Set up server state for ``params`` (called once before round 1)."""
+
+    def payload(self, round_: int) -> Params:
+        """Tensors sent to each cohort member beside the global params."""
+        return {}
+
+    @abstractmethod
+    def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
+        """New global params from the round's valid updates (at least one)."""
+
+    def state_dict(self) -> dict[str, Params]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Params]) -> None:
+        del state
+
+    # ------------------------------------------------------------------ client half
+    def client_hooks(self, global_params: Params, payload: Params, client_state: Params) -> LocalHooks:
+        return LocalHooks()
+
+    def client_finish(
+        self,
+        global_params: Params,
+        new_params: Params,
+        payload: Params,
+        client_state: Params,
+        *,
+        steps: int,
+        lr: float,
+    ) -> tuple[Params, Params]:
+        """After local training: ``(extras to upload, new client state)``."""
+        return {}, client_state
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+
+
+def fedavg_average(global_params: Params, updates: list[Update]) -> Params:
+    """The example-weighted mean of client params (McMahan et al., 2017)."""
+    del global_params
+    return weighted_average([u.params for u in updates], [u.num_examples for u in updates])
+
+
+def pseudo_gradient(global_params: Params, updates: list[Update]) -> Params:
+    """``global - weighted mean of client params``: the direction servers step against."""
+    return subtract(global_params, fedavg_average(global_params, updates))

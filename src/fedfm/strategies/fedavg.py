@@ -1,0 +1,51 @@
+"""FedAvg (McMahan et al., 2017) and FedProx (Li et al., 2020)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from fedfm.models.params import Params
+from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update, fedavg_average
+
+
+@STRATEGIES.register("fedavg")
+class FedAvg(Strategy):
+    """Example-weighted average of the cohort's params.
+
+    Example:
+        >>> from fedfm.config import StrategyConfig
+        >>> s = FedAvg(StrategyConfig())
+        >>> u = [Update(0, {"w": torch.tensor([1.0])}, 1), Update(1, {"w": torch.tensor([4.0])}, 2)]
+        >>> s.aggregate(1, {"w": torch.tensor([0.0])}, u)["w"]
+        tensor([3.])
+    """
+
+    name = "fedavg"
+
+    def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
+        return fedavg_average(global_params, updates)
+
+
+def proximal_term(mu: float, anchor: Params) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """``(mu / 2) * ||w - w_global||^2`` over the trainable tensors."""
+    placed: Params = {}
+
+    def term(live: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not placed:  # move the anchor to the model's device once
+            placed.update({k: v.to(live[k].device) for k, v in anchor.items()})
+        return 0.5 * mu * sum(((live[k] - placed[k]) ** 2).sum() for k in placed)
+
+    return term
+
+
+@STRATEGIES.register("fedprox")
+class FedProx(FedAvg):
+    """FedAvg plus a proximal term in every client's loss that pulls it toward the global params."""
+
+    name = "fedprox"
+
+    def client_hooks(self, global_params: Params, payload: Params, client_state: Params) -> LocalHooks:
+        anchor = {k: v.detach().clone() for k, v in global_params.items()}
+        return LocalHooks(extra_loss=proximal_term(self.cfg.proximal_mu, anchor))

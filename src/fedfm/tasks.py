@@ -1,0 +1,113 @@
+"""Tasks bind the loss and the metrics to a model's output.
+
+Every model is called as ``model(**inputs).logits`` with ``inputs`` the batch without
+``labels``; the task computes its own loss so that all models are treated alike.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+
+from fedfm.data.batching import Batch
+from fedfm.registry import Registry
+from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION
+
+
+def _logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return model(**inputs).logits
+
+
+class Task(ABC):
+    """Loss and metrics for one kind of problem."""
+
+    name: str
+    main_metric: str  # the metric a run is judged by
+    higher_is_better: bool
+
+    @abstractmethod
+    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor: ...
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]: ...
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+@TASKS.register(CLASSIFICATION)
+class Classification(Task):
+    """Sequence/feature classification: cross-entropy; accuracy, macro-F1 and loss."""
+
+    name = CLASSIFICATION
+    main_metric = "accuracy"
+    higher_is_better = True
+
+    def __init__(self, num_labels: int) -> None:
+        self.num_labels = num_labels
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(_logits(model, batch), batch["labels"])
+
+    @torch.inference_mode()
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+        preds, labels, loss_sum = [], [], 0.0
+        for batch in batches:
+            logits = _logits(model, batch).float()
+            loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
+            preds.append(logits.argmax(-1).numpy())
+            labels.append(batch["labels"].numpy())
+        y_pred, y_true = np.concatenate(preds), np.concatenate(labels)
+        return {
+            "accuracy": float((y_pred == y_true).mean()),
+            "macro_f1": float(
+                f1_score(
+                    y_true, y_pred, labels=list(range(self.num_labels)), average="macro",
+                    zero_division=0,
+                )
+            ),
+            "loss": loss_sum / len(y_true),
+        }
+
+
+@TASKS.register(CAUSAL_LM)
+class CausalLM(Task):
+    """Next-token prediction: token-level cross-entropy; loss and perplexity."""
+
+    name = CAUSAL_LM
+    main_metric = "perplexity"
+    higher_is_better = False
+
+    def __init__(self, num_labels: int = 0) -> None:
+        del num_labels
+
+    @staticmethod
+    def _token_losses(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = _logits(model, batch)[:, :-1]  # (B, T-1, V): position t predicts token t+1
+        target = batch["labels"][:, 1:]
+        losses = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+            ignore_index=-100, reduction="sum",
+        )
+        return losses, (target != -100).sum()
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        total, count = self._token_losses(model, batch)
+        return total / count.clamp(min=1)
+
+    @torch.inference_mode()
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+        total, count = 0.0, 0
+        for batch in batches:
+            loss_sum, n = self._token_losses(model, batch)
+            total += loss_sum.item()
+            count += int(n)
+        loss = total / max(count, 1)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
