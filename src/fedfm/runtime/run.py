@@ -184,7 +184,7 @@ def execute(cfg: RunConfig, *, run_dir: Path, resume: bool = False,
             progress.reset(clients_bar, total=cohort)
             record = run_round(job, state, on_client=lambda _: progress.advance(clients_bar))
             log.append(record)
-            console.print(round_line(record, cfg.rounds))
+            console.print(round_line(record, cfg.rounds), soft_wrap=True, highlight=False)
             if cfg.checkpoint.every and (state.round % cfg.checkpoint.every == 0
                                          or state.round == cfg.rounds):
                 _checkpoint(job, run_dir, state)

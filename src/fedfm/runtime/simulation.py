@@ -30,9 +30,12 @@ from fedfm.strategies.aggregate import non_finite
 from fedfm.strategies.base import Update
 
 
-def client_seed(seed: int, round_: int, client_id: int, epoch: int = 0) -> int:
-    """A seed that is a pure function of (run seed, round, client, epoch)."""
-    return int(np.random.default_rng([seed, round_, client_id, epoch]).integers(2**31 - 1))
+def client_seed(seed: int, round_: int, client_id: int, stream: int = 0) -> int:
+    """A seed that is a pure function of (run seed, round, client, stream).
+
+    Stream 0 seeds torch (dropout); stream ``1 + epoch`` shuffles that epoch's batches.
+    """
+    return int(np.random.default_rng([seed, round_, client_id, stream]).integers(2**31 - 1))
 
 
 @dataclass
@@ -52,12 +55,12 @@ def fit_client(job: Job, client: ClientData, global_params: Params, payload: Par
     cfg = job.cfg
     set_params(job.model, global_params)
     hooks = job.strategy.client_hooks(global_params, payload, client_state)
-    torch.manual_seed(client_seed(cfg.seed, round_, client.id, -1))  # dropout
+    torch.manual_seed(client_seed(cfg.seed, round_, client.id, 0))  # dropout
 
     def make_batches(epoch: int):  # noqa: ANN202
         return batches(
             job.train, client.train, batch_size=cfg.client.batch_size,
-            causal_lm=job.causal_lm, seed=client_seed(cfg.seed, round_, client.id, epoch),
+            causal_lm=job.causal_lm, seed=client_seed(cfg.seed, round_, client.id, 1 + epoch),
         )
 
     result = train_locally(job.model, job.task, make_batches, cfg.client, hooks)
