@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args, console)
     except FedFMError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: completed rounds are in metrics.jsonl; continue with --resume")

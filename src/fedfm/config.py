@@ -59,7 +59,7 @@ class ClientConfig:
     steps: int = 0  # >0: exactly this many local steps instead of epochs
     batch_size: int = 32
     optimizer: str = "adamw"  # adamw | adam | sgd
-    lr: float = 2e-3
+    lr: float = 5e-3
     momentum: float = 0.0  # sgd only
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 = no gradient clipping
@@ -94,7 +94,7 @@ class CheckpointConfig:
 class RunConfig:
     name: str = ""  # run folder name under output_dir; empty = derived from the config
     seed: int = 0
-    rounds: int = 5
+    rounds: int = 8
     output_dir: str = "runs"
     backend: str = "simulation"
     data: DataConfig = field(default_factory=DataConfig)

@@ -6,6 +6,8 @@ the federated ``params``; everything else is the frozen backbone shared by all c
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -13,6 +15,9 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from fedfm.config import AdapterConfig
 from fedfm.errors import ConfigError
 from fedfm.resources.types import CAUSAL_LM
+
+# peft calls a transformers API that transformers 5 deprecated; the warning is not the user's.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 # Names under which task heads live in the models we load (HF sequence classification
 # heads are ``classifier`` for BERT-likes and ``score`` for decoder LMs).
