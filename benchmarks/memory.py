@@ -117,7 +117,8 @@ def worker(spec: dict[str, Any]) -> None:
     setup = time.perf_counter() - t0
     out: dict[str, Any] = {
         "setup_seconds": setup,
-        "rss_after_setup_mb": proc_status_mb("VmHWM"),
+        "rss_after_setup_mb": proc_status_mb("VmHWM"),  # high-water mark so far
+        "rss_now_after_setup_mb": proc_status_mb("VmRSS"),  # resident now
         "num_clients": len(job.federation),
         "cohort": job.strategy.cohort_size(len(job.federation)),
         "train_examples": len(job.train),
@@ -149,6 +150,8 @@ def worker(spec: dict[str, Any]) -> None:
     out["client_states"] = len(state.client_states)
     out["client_state_bytes"] = sum(_tensor_bytes(s) for s in state.client_states.values())
     out["test_accuracy"] = record.get("test_accuracy")
+    out["rss_now_end_mb"] = proc_status_mb("VmRSS")
+    out["rss_growth_in_loop_mb"] = out["rss_now_end_mb"] - out["rss_now_after_setup_mb"]
     out["peak_rss_mb"] = peak_rss_mb()
     Path(spec["result"]).write_text(json.dumps(out))
 
@@ -181,7 +184,10 @@ def summarise(results: dict[str, dict[str, Any]], many: int, few: int) -> dict[s
             "scaffold_all_peak_rss_mb": all_scaffold["peak_rss_mb"],
             "scaffold_all_client_states": all_scaffold["client_states"],
             "scaffold_all_client_state_mb": all_scaffold["client_state_bytes"] / MiB,
-            "scaffold_minus_fedavg_mb": all_scaffold["peak_rss_mb"] - all_fedavg["peak_rss_mb"],
+            "scaffold_minus_fedavg_peak_mb": all_scaffold["peak_rss_mb"]
+            - all_fedavg["peak_rss_mb"],
+            "fedavg_all_rss_growth_in_loop_mb": all_fedavg["rss_growth_in_loop_mb"],
+            "scaffold_all_rss_growth_in_loop_mb": all_scaffold["rss_growth_in_loop_mb"],
             "fedavg_all_vs_fedavg_few_cohort_mb": all_fedavg["peak_rss_mb"]
             - results[f"fedavg-{many}"]["peak_rss_mb"],
             # what run_round holds before aggregating: every update's params (+ extras)
@@ -208,6 +214,7 @@ def table(report: dict[str, Any]) -> str:
                 f"{r['rss_after_setup_mb']:.0f}",
                 f"{r['peak_rss_mb']:.0f}",
                 f"{r['peak_rss_mb'] / base[strategy]:.3f}",
+                f"{r['rss_growth_in_loop_mb']:+.0f}",
                 r["client_states"],
                 f"{r['client_state_bytes'] / MiB:.1f}",
                 f"{r['loop_seconds']:.1f}",
@@ -222,6 +229,7 @@ def table(report: dict[str, Any]) -> str:
         "RSS after setup MiB",
         "peak RSS MiB",
         f"peak / {report['few']}-client peak",
+        "RSS growth in loop MiB",
         "stored client states",
         "their MiB",
         "loop s",

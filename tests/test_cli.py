@@ -12,8 +12,13 @@ from fedfm.runtime.job import build_job
 from fedfm.runtime.simulation import evaluate_global
 
 TREC_SLICE = [
-    "data.max_train_examples=400", "data.max_test_examples=200", "data.num_clients=4",
-    "data.min_client_size=20", "strategy.fraction=1.0", "rounds=2", "client.batch_size=16",
+    "data.max_train_examples=400",
+    "data.max_test_examples=200",
+    "data.num_clients=4",
+    "data.min_client_size=20",
+    "strategy.fraction=1.0",
+    "rounds=2",
+    "client.batch_size=16",
 ]
 
 
@@ -49,9 +54,17 @@ def test_minilm_lora_on_trec_slice_end_to_end(tmp_path, capsys):
 
 def test_smollm2_lora_causal_lm_end_to_end(tmp_path):
     overrides = [
-        "data.dataset=shakespeare", "model.name=smollm2-135m", "data.partition=iid",
-        "data.num_clients=2", "data.max_train_examples=64", "data.max_test_examples=16",
-        "data.max_length=32", "client.steps=2", "client.batch_size=4", "rounds=1", "name=lm",
+        "data.dataset=shakespeare",
+        "model.name=smollm2-135m",
+        "data.partition=iid",
+        "data.num_clients=2",
+        "data.max_train_examples=64",
+        "data.max_test_examples=16",
+        "data.max_length=32",
+        "client.steps=2",
+        "client.batch_size=4",
+        "rounds=1",
+        "name=lm",
     ]
     assert _run(tmp_path, *overrides) == 0
     summary = json.loads((tmp_path / "lm" / "summary.json").read_text())
@@ -69,7 +82,10 @@ def test_smollm2_lora_causal_lm_end_to_end(tmp_path):
         (["data.alpha=0"], "data.alpha = 0.0 must be > 0"),
         (["data.max_train_examples=30", "data.num_clients=50"], "data.num_clients"),
         (["data.dataset=digits"], "model.name = 'mlp'"),
-        (["data.dataset=shakespeare", "data.partition=dirichlet", "model.name=smollm2-135m"], "use data.partition = 'iid'"),
+        (
+            ["data.dataset=shakespeare", "data.partition=dirichlet", "model.name=smollm2-135m"],
+            "use data.partition = 'iid'",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys, overrides, message):

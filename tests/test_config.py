@@ -15,7 +15,9 @@ def test_defaults_are_the_default_job():
 
 def test_toml_file_and_overrides(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('rounds = 2\n[strategy]\nname = "fedprox"\n[adapter]\ntarget_modules = ["query"]\n')
+    path.write_text(
+        'rounds = 2\n[strategy]\nname = "fedprox"\n[adapter]\ntarget_modules = ["query"]\n'
+    )
     cfg = load_config(path, ["strategy.proximal_mu=0.1", "data.alpha=1", "eval.per_client=true"])
     assert cfg.rounds == 2 and cfg.strategy.name == "fedprox"
     assert cfg.strategy.proximal_mu == 0.1
@@ -25,7 +27,7 @@ def test_toml_file_and_overrides(tmp_path):
 
 
 def test_resolved_config_round_trips():
-    cfg = load_config(None, ["name=x", "adapter.target_modules=[\"q\", \"v\"]", "client.lr=0.01"])
+    cfg = load_config(None, ["name=x", 'adapter.target_modules=["q", "v"]', "client.lr=0.01"])
     assert config_from_dict(tomllib.loads(to_toml(cfg))) == cfg
 
 
@@ -41,7 +43,7 @@ def test_resolved_config_round_trips():
         (["adapter.method=lroa"], "Did you mean 'lora'?"),
         (["strategy.fraction=1.5"], "strategy.fraction = 1.5 must be in (0, 1]"),
         (["client.epochs=0"], "client.epochs and client.steps are both 0"),
-        (["adapter.target_modules=\"query\""], "must be a list of strings"),
+        (['adapter.target_modules="query"'], "must be a list of strings"),
         (["rounds"], "must look like key=value"),
     ],
 )
@@ -70,3 +72,30 @@ def test_missing_or_broken_file(tmp_path):
     bad.write_text("rounds = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def _flat_keys(table, prefix=""):
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _flat_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def test_readme_documents_every_config_key():
+    from pathlib import Path
+
+    from fedfm.config import to_dict
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    missing = [k for k in _flat_keys(to_dict(RunConfig())) if f"| `{k}` |" not in readme]
+    assert not missing, f"README.md lacks config keys: {missing}"
+
+
+def test_example_configs_are_valid():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+    assert len(configs) >= 4
+    for path in configs:
+        load_config(path)

@@ -1,10 +1,10 @@
 """The ``fedfm`` command line.
 
-    fedfm run [CONFIG.toml] [--set key=value ...] [--overwrite]   run a federated job
-    fedfm run --resume runs/<name> [--set rounds=N]               continue from its checkpoint
-    fedfm report RUN [RUN ...] [--out DIR]                        overlay runs: plot + table
-    fedfm data stats [CONFIG.toml] [--set ...] [--plot FILE]      clients, labels, heterogeneity
-    fedfm list                                                    datasets, models, strategies, partitions
+fedfm run [CONFIG.toml] [--set key=value ...] [--overwrite]   run a federated job
+fedfm run --resume runs/<name> [--set rounds=N]               continue from its checkpoint
+fedfm report RUN [RUN ...] [--out DIR]                        overlay runs: plot + table
+fedfm data stats [CONFIG.toml] [--set ...] [--plot FILE]      clients, labels, heterogeneity
+fedfm list                                                    what is registered
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ def _cmd_data_stats(args: argparse.Namespace, console: Console) -> None:
     train = subsample(dataset.train, cfg.data.max_train_examples, seed=cfg.seed)
     federation = build_federation(train, cfg.data, seed=cfg.seed)
     parts = [c.train for c in federation.clients]
-    stats = summarize(parts, train.labels, dataset.label_names,
-                      client_names=[c.name for c in federation.clients])
+    stats = summarize(
+        parts, train.labels, dataset.label_names, client_names=[c.name for c in federation.clients]
+    )
     console.print(stats_table(stats))
     console.print(stats_summary(stats))
     plot = Path(args.plot or f"{cfg.data.dataset}-{cfg.data.partition}-stats.png")
@@ -73,19 +74,30 @@ def _cmd_list(args: argparse.Namespace, console: Console) -> None:
     from fedfm.resources.models import MODELS
     from fedfm.strategies import STRATEGIES
 
-    for title, registry in (("datasets", DATASETS), ("models", MODELS),
-                            ("partitions", PARTITIONS), ("strategies", STRATEGIES)):
+    for title, registry in (
+        ("datasets", DATASETS),
+        ("models", MODELS),
+        ("partitions", PARTITIONS),
+        ("strategies", STRATEGIES),
+    ):
         console.print(f"[bold]{title}[/]: {', '.join(registry.names())}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedfm", description="Federated learning for and with foundation models.")
+    parser = argparse.ArgumentParser(
+        prog="fedfm", description="Federated learning for and with foundation models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a federated job (the default job without CONFIG)")
     run.add_argument("config", nargs="?", help="TOML config; omit for the default job")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set strategy.name=fedprox (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set strategy.name=fedprox (repeatable)",
+    )
     run.add_argument("--resume", metavar="RUN_DIR", help="continue runs/<name> from its checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     run.set_defaults(func=_cmd_run)

@@ -131,7 +131,6 @@ def _invalid(problems: list[str]) -> ConfigError:
 
 _POSITIVE = {
     "rounds",
-    "data.num_clients",
     "data.min_client_size",
     "data.max_length",
     "data.shards_per_client",
@@ -141,6 +140,7 @@ _POSITIVE = {
     "eval.every",
 }
 _NON_NEGATIVE = {
+    "data.num_clients",
     "data.max_train_examples",
     "data.max_test_examples",
     "client.steps",
@@ -199,6 +199,11 @@ def _range_problems(cfg: RunConfig) -> list[str]:
     if not 0 <= flat["data.client_eval_fraction"] < 1:
         value = flat["data.client_eval_fraction"]
         problems.append(f"data.client_eval_fraction = {value!r} must be in [0, 1)")
+    if flat["data.num_clients"] == 0 and flat["data.partition"] != "natural":
+        problems.append(
+            "data.num_clients = 0 means one client per group, which only data.partition = "
+            "'natural' has: set data.num_clients >= 1"
+        )
     if flat["client.epochs"] == 0 and flat["client.steps"] == 0:
         problems.append("client.epochs and client.steps are both 0: set one of them >= 1")
     return problems
@@ -216,7 +221,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin is tuple:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key} = {value!r} must be a list of strings, e.g. [\"query\"]")
+            raise ConfigError(f'{key} = {value!r} must be a list of strings, e.g. ["query"]')
         return tuple(value)
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported annotation {hint} for {key}")
@@ -260,7 +265,9 @@ def _build(cls: type, table: dict[str, Any], prefix: str, problems: list[str]) -
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(f"--set '{item}' must look like key=value, e.g. --set strategy.name=fedprox")
+        raise ConfigError(
+            f"--set '{item}' must look like key=value, e.g. --set strategy.name=fedprox"
+        )
     key, raw = item.split("=", 1)
     key, raw = key.strip(), raw.strip()
     try:
@@ -289,7 +296,7 @@ def config_from_dict(table: dict[str, Any]) -> RunConfig:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a TOML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    """Load a TOML config (defaults when ``path`` is None); apply ``key=value`` overrides."""
     table: dict[str, Any] = {}
     if path is not None:
         path = Path(path)

@@ -69,7 +69,10 @@ class Classification(Task):
             "accuracy": float((y_pred == y_true).mean()),
             "macro_f1": float(
                 f1_score(
-                    y_true, y_pred, labels=list(range(self.num_labels)), average="macro",
+                    y_true,
+                    y_pred,
+                    labels=list(range(self.num_labels)),
+                    average="macro",
                     zero_division=0,
                 )
             ),
@@ -93,8 +96,10 @@ class CausalLM(Task):
         logits = _logits(model, batch)[:, :-1]  # (B, T-1, V): position t predicts token t+1
         target = batch["labels"][:, 1:]
         losses = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-            ignore_index=-100, reduction="sum",
+            logits.reshape(-1, logits.shape[-1]).float(),
+            target.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
         )
         return losses, (target != -100).sum()
 

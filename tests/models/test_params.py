@@ -68,7 +68,9 @@ def test_backbone_hash_ignores_trainable_and_sees_frozen():
 
 def test_params_file_checks_backbone(tmp_path):
     m = _model(0)
-    path = save_params_file(tmp_path / "adapter.safetensors", get_params(m), backbone=backbone_hash(m))
+    path = save_params_file(
+        tmp_path / "adapter.safetensors", get_params(m), backbone=backbone_hash(m)
+    )
     other = _model(1)
     with pytest.raises(BackboneMismatchError, match="backbone"):
         load_params_file(other, path)

@@ -14,8 +14,13 @@ from fedfm.runtime.run import execute, prepare_run_dir, resume_config
 from fedfm.runtime.simulation import RoundState, run_round
 
 FAST = [
-    "data.dataset=digits", "model.name=mlp", "adapter.method=full", "data.num_clients=8",
-    "client.lr=0.05", "client.optimizer=sgd", "eval.per_client=true",
+    "data.dataset=digits",
+    "model.name=mlp",
+    "adapter.method=full",
+    "data.num_clients=8",
+    "client.lr=0.05",
+    "client.optimizer=sgd",
+    "eval.per_client=true",
 ]
 
 
@@ -85,7 +90,9 @@ def test_failing_client_is_recorded_not_raised(tmp_path, monkeypatch):
 
     monkeypatch.setattr(simulation, "fit_client", fit)
     record = run_round(job, state)
-    assert record["excluded"] == [{"client": victim, "reason": "RuntimeError: out of memory on this client"}]
+    assert record["excluded"] == [
+        {"client": victim, "reason": "RuntimeError: out of memory on this client"}
+    ]
     assert "test_accuracy" in record
 
 
@@ -113,6 +120,15 @@ def test_training_improves_accuracy(tmp_path):
     records = _records(tmp_path / cfg.run_name)
     assert records[-1]["test_accuracy"] > records[0]["test_accuracy"] + 0.2
     assert summary["final"]["test_accuracy"] == records[-1]["test_accuracy"]
-    assert 0 <= summary["final"]["client_accuracy_worst10"] <= summary["final"]["client_accuracy_mean"]
-    for name in ("config.toml", "summary.json", "curves.png", "adapter.safetensors", "README.md", "checkpoint.pt"):
+    assert (
+        0 <= summary["final"]["client_accuracy_worst10"] <= summary["final"]["client_accuracy_mean"]
+    )
+    for name in (
+        "config.toml",
+        "summary.json",
+        "curves.png",
+        "adapter.safetensors",
+        "README.md",
+        "checkpoint.pt",
+    ):
         assert (tmp_path / cfg.run_name / name).stat().st_size > 0

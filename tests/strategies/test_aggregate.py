@@ -42,4 +42,7 @@ def test_add_subtract_and_non_finite():
     torch.testing.assert_close(subtract(a, b)["w"], torch.tensor([2.0]))
     torch.testing.assert_close(add(a, b, 0.5)["w"], torch.tensor([3.5]))
     assert non_finite(a) == []
-    assert non_finite({"w": torch.tensor([float("nan")]), "v": torch.tensor([float("inf")])}) == ["w", "v"]
+    assert non_finite({"w": torch.tensor([float("nan")]), "v": torch.tensor([float("inf")])}) == [
+        "w",
+        "v",
+    ]

@@ -11,7 +11,10 @@ from fedfm.tasks import Task
 
 def _updates(*values, weights=None):
     weights = weights or [1] * len(values)
-    return [Update(i, {"w": torch.tensor(v)}, n) for i, (v, n) in enumerate(zip(values, weights))]
+    return [
+        Update(i, {"w": torch.tensor(v)}, n)
+        for i, (v, n) in enumerate(zip(values, weights, strict=True))
+    ]
 
 
 def test_fedavg_is_example_weighted():
@@ -57,7 +60,9 @@ def test_cohort_selection_is_seeded_and_sized():
     s = STRATEGIES.get("fedavg")(StrategyConfig(fraction=0.3))
     assert s.select(1, 10, seed=0) == s.select(1, 10, seed=0)
     assert len(s.select(1, 10, seed=0)) == 3
-    assert s.select(1, 10, seed=0) != s.select(2, 10, seed=0) or s.select(3, 10, seed=0) != s.select(1, 10, seed=0)
+    assert s.select(1, 10, seed=0) != s.select(2, 10, seed=0) or s.select(
+        3, 10, seed=0
+    ) != s.select(1, 10, seed=0)
     s2 = STRATEGIES.get("fedavg")(StrategyConfig(clients_per_round=4))
     assert len(s2.select(1, 10, seed=0)) == 4
 
@@ -94,12 +99,14 @@ def _federate(strategy_name, rounds=150, mu=0.0):
     states = {}
     for r in range(1, rounds + 1):
         payload, updates = strategy.payload(r), []
-        for i, (a, b) in enumerate(zip(A, B)):
+        for i, (a, b) in enumerate(zip(A, B, strict=True)):
             set_params(model, x)
             hooks = strategy.client_hooks(x, payload, states.get(i, {}))
             batch = {"a": torch.tensor([a]), "b": torch.tensor([b])}
             res = train_locally(model, task, lambda e, batch=batch: iter([batch]), cfg, hooks)
-            extras, states[i] = strategy.client_finish(x, res.params, payload, states.get(i, {}), steps=res.steps, lr=cfg.lr)
+            extras, states[i] = strategy.client_finish(
+                x, res.params, payload, states.get(i, {}), steps=res.steps, lr=cfg.lr
+            )
             updates.append(Update(i, res.params, 1, extras=extras))
         x = strategy.aggregate(r, x, updates)
     return x["w"]

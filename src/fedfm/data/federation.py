@@ -8,7 +8,7 @@ import numpy as np
 
 from fedfm.config import DataConfig
 from fedfm.data.partition import natural_groups, partition
-from fedfm.resources.types import Dataset, Split
+from fedfm.resources.types import Split
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,9 @@ def subsample(split: Split, limit: int, *, seed: int) -> Split:
     return take(split, idx)
 
 
-def _hold_out(indices: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _hold_out(
+    indices: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     n_eval = int(fraction * len(indices))
     shuffled = rng.permutation(indices)
     return np.sort(shuffled[n_eval:]), np.sort(shuffled[:n_eval])
@@ -67,9 +69,16 @@ def build_federation(train: Split, cfg: DataConfig, *, seed: int) -> Federation:
     num_clients = cfg.num_clients
     names: list[str] | None = None
     if cfg.partition == "natural":
-        names = natural_groups(
-            train.groups, num_clients=num_clients or None, seed=seed, min_size=cfg.min_client_size
-        ) if train.groups is not None else None
+        names = (
+            natural_groups(
+                train.groups,
+                num_clients=num_clients or None,
+                seed=seed,
+                min_size=cfg.min_client_size,
+            )
+            if train.groups is not None
+            else None
+        )
         num_clients = len(names) if names is not None else num_clients
     parts = partition(
         cfg.partition,
@@ -86,5 +95,7 @@ def build_federation(train: Split, cfg: DataConfig, *, seed: int) -> Federation:
     clients = []
     for i, idx in enumerate(parts):
         tr, ev = _hold_out(idx, cfg.client_eval_fraction, rng)
-        clients.append(ClientData(id=i, name=names[i] if names else f"client-{i}", train=tr, eval=ev))
+        clients.append(
+            ClientData(id=i, name=names[i] if names else f"client-{i}", train=tr, eval=ev)
+        )
     return Federation(clients=tuple(clients))

@@ -120,7 +120,9 @@ def save_params_file(path: str | Path, params: Params, *, backbone: str, **meta:
     return atomic_write_bytes(path, serialize(params, metadata))
 
 
-def load_params_file(model: torch.nn.Module, path: str | Path, *, backbone: str | None = None) -> Params:
+def load_params_file(
+    model: torch.nn.Module, path: str | Path, *, backbone: str | None = None
+) -> Params:
     """Load params saved by :func:`save_params_file` into ``model``.
 
     Refuses (``BackboneMismatchError``) when the file was made on a different frozen

@@ -62,7 +62,9 @@ def build_job(cfg: RunConfig) -> Job:
     _check_model_fits_data(cfg, dataset)
     train = subsample(dataset.train, cfg.data.max_train_examples, seed=cfg.seed)
     test = subsample(dataset.test, cfg.data.max_test_examples, seed=cfg.seed)
-    dataset = Dataset(dataset.name, dataset.task, train, test, dataset.label_names, dataset.modality)
+    dataset = Dataset(
+        dataset.name, dataset.task, train, test, dataset.label_names, dataset.modality
+    )
     federation = build_federation(train, cfg.data, seed=cfg.seed)
 
     torch.manual_seed(cfg.seed)  # the fresh head, LoRA A matrices and random-init baselines

@@ -44,14 +44,20 @@ def _mb(n: float) -> str:
 def round_line(record: dict[str, Any], rounds: int) -> str:
     """One human line per round: main metrics, bytes, seconds."""
     parts = [f"round {record['round']:>3}/{rounds}"]
-    for key, label in (("test_accuracy", "acc"), ("test_macro_f1", "f1"),
-                       ("test_perplexity", "ppl"), ("test_loss", "loss"),
-                       ("client_accuracy_worst10", "worst10% acc")):
+    for key, label in (
+        ("test_accuracy", "acc"),
+        ("test_macro_f1", "f1"),
+        ("test_perplexity", "ppl"),
+        ("test_loss", "loss"),
+        ("client_accuracy_worst10", "worst10% acc"),
+    ):
         if key in record:
             parts.append(f"{label} {record[key]:.4f}")
     parts.append(f"train_loss {record['train_loss']:.4f}")
     parts.append(f"sent {_mb(record['bytes_down'] + record['bytes_up'])}")
-    parts.append(f"(cum {_mb(record['cum_bytes'])} vs full model {_mb(record['full_model_cum_bytes'])})")
+    parts.append(
+        f"(cum {_mb(record['cum_bytes'])} vs full model {_mb(record['full_model_cum_bytes'])})"
+    )
     parts.append(f"{record['seconds']:.1f} s")
     if record["excluded"]:
         parts.append(f"[excluded {len(record['excluded'])}]")
@@ -102,20 +108,29 @@ def _restore(job: Job, run_dir: Path, log: MetricsLog) -> RoundState:
 
 
 def _checkpoint(job: Job, run_dir: Path, state: RoundState) -> None:
-    save_checkpoint(run_dir, Checkpoint(
-        round=state.round,
-        global_params=state.global_params,
-        strategy_state=job.strategy.state_dict(),
-        client_states=state.client_states,
-        backbone=job.backbone,
-        rng=rng_state(),
-    ))
+    save_checkpoint(
+        run_dir,
+        Checkpoint(
+            round=state.round,
+            global_params=state.global_params,
+            strategy_state=job.strategy.state_dict(),
+            client_states=state.client_states,
+            backbone=job.backbone,
+            rng=rng_state(),
+        ),
+    )
 
 
-def _summary(job: Job, state: RoundState, records: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+def _summary(
+    job: Job, state: RoundState, records: list[dict[str, Any]], wall: float
+) -> dict[str, Any]:
     cfg, metric = job.cfg, job.task.main_metric
     evaluated = [r for r in records if f"test_{metric}" in r]
-    final = {k: v for k, v in evaluated[-1].items() if k.startswith(("test_", "client_"))} if evaluated else {}
+    final = (
+        {k: v for k, v in evaluated[-1].items() if k.startswith(("test_", "client_"))}
+        if evaluated
+        else {}
+    )
     values = [r[f"test_{metric}"] for r in evaluated]
     best = (max(values) if job.task.higher_is_better else min(values)) if values else None
     return {
@@ -146,14 +161,25 @@ def _finish(job: Job, run_dir: Path, state: RoundState, wall: float) -> dict[str
     summary = _summary(job, state, records, wall)
     atomic_write_json(run_dir / "summary.json", summary)
     plot_curves(records, run_dir / "curves.png", title=job.cfg.run_name)
-    save_params_file(run_dir / "adapter.safetensors", state.global_params, backbone=job.backbone,
-                     model=job.cfg.model.name, adapter=job.cfg.adapter.method)
+    save_params_file(
+        run_dir / "adapter.safetensors",
+        state.global_params,
+        backbone=job.backbone,
+        model=job.cfg.model.name,
+        adapter=job.cfg.adapter.method,
+    )
     write_model_card(run_dir, summary=summary, config_toml=to_toml(job.cfg))
     return summary
 
 
-def execute(cfg: RunConfig, *, run_dir: Path, resume: bool = False,
-            console: Console | None = None, stop_after: int | None = None) -> dict[str, Any]:
+def execute(
+    cfg: RunConfig,
+    *,
+    run_dir: Path,
+    resume: bool = False,
+    console: Console | None = None,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
     """Run (or resume) the federated job of ``cfg`` in ``run_dir``; return the summary.
 
     Args:
@@ -176,8 +202,14 @@ def execute(cfg: RunConfig, *, run_dir: Path, resume: bool = False,
         f" of {job.total_params:,} params · backbone {job.backbone} · {cfg.strategy.name}"
     )
     cohort = job.strategy.cohort_size(len(job.federation))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         rounds_bar = progress.add_task("rounds", total=cfg.rounds, completed=state.round)
         clients_bar = progress.add_task("clients", total=cohort)
         while state.round < cfg.rounds:
@@ -185,13 +217,16 @@ def execute(cfg: RunConfig, *, run_dir: Path, resume: bool = False,
             record = run_round(job, state, on_client=lambda _: progress.advance(clients_bar))
             log.append(record)
             console.print(round_line(record, cfg.rounds), soft_wrap=True, highlight=False)
-            if cfg.checkpoint.every and (state.round % cfg.checkpoint.every == 0
-                                         or state.round == cfg.rounds):
+            if cfg.checkpoint.every and (
+                state.round % cfg.checkpoint.every == 0 or state.round == cfg.rounds
+            ):
                 _checkpoint(job, run_dir, state)
             progress.advance(rounds_bar)
             if stop_after is not None and state.round >= stop_after:
                 return {"stopped_after": state.round}
     summary = _finish(job, run_dir, state, time.perf_counter() - started)
-    console.print(f"done in {summary['wall_seconds']:.0f} s → {run_dir} "
-                  f"(metrics.jsonl, curves.png, adapter.safetensors, {CHECKPOINT_FILE})")
+    console.print(
+        f"done in {summary['wall_seconds']:.0f} s → {run_dir} "
+        f"(metrics.jsonl, curves.png, adapter.safetensors, {CHECKPOINT_FILE})"
+    )
     return summary

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedfm.client.trainer import train_locally
 from fedfm.data.batching import batches
 from fedfm.data.federation import ClientData
 from fedfm.errors import FedFMError
 from fedfm.models.params import Params, payload_bytes, set_params
-from fedfm.client.trainer import train_locally
 from fedfm.runtime.job import Job
 from fedfm.strategies.aggregate import non_finite
 from fedfm.strategies.base import Update
@@ -49,8 +49,14 @@ class RoundState:
     full_model_cum_bytes: int = 0
 
 
-def fit_client(job: Job, client: ClientData, global_params: Params, payload: Params,
-               client_state: Params, round_: int) -> tuple[Update, Params]:
+def fit_client(
+    job: Job,
+    client: ClientData,
+    global_params: Params,
+    payload: Params,
+    client_state: Params,
+    round_: int,
+) -> tuple[Update, Params]:
     """Run one client's local training: returns its update and its new client state."""
     cfg = job.cfg
     set_params(job.model, global_params)
@@ -59,8 +65,11 @@ def fit_client(job: Job, client: ClientData, global_params: Params, payload: Par
 
     def make_batches(epoch: int):  # noqa: ANN202
         return batches(
-            job.train, client.train, batch_size=cfg.client.batch_size,
-            causal_lm=job.causal_lm, seed=client_seed(cfg.seed, round_, client.id, 1 + epoch),
+            job.train,
+            client.train,
+            batch_size=cfg.client.batch_size,
+            causal_lm=job.causal_lm,
+            seed=client_seed(cfg.seed, round_, client.id, 1 + epoch),
         )
 
     result = train_locally(job.model, job.task, make_batches, cfg.client, hooks)
@@ -97,8 +106,9 @@ def evaluate_clients(job: Job, params: Params) -> dict[str, float]:
             continue
         result = job.task.evaluate(
             job.model,
-            batches(job.train, client.eval, batch_size=job.cfg.eval.batch_size,
-                    causal_lm=job.causal_lm),
+            batches(
+                job.train, client.eval, batch_size=job.cfg.eval.batch_size, causal_lm=job.causal_lm
+            ),
         )
         values.append(result[metric])
     if not values:
@@ -107,12 +117,15 @@ def evaluate_clients(job: Job, params: Params) -> dict[str, float]:
     if not job.task.higher_is_better:
         ordered = ordered[::-1]
     worst = ordered[: max(1, int(np.ceil(0.1 * len(ordered))))]
-    return {f"client_{metric}_mean": float(np.mean(values)),
-            f"client_{metric}_worst10": float(np.mean(worst))}
+    return {
+        f"client_{metric}_mean": float(np.mean(values)),
+        f"client_{metric}_worst10": float(np.mean(worst)),
+    }
 
 
-def run_round(job: Job, state: RoundState, *, on_client: Callable[[int], None] | None = None
-              ) -> dict[str, Any]:
+def run_round(
+    job: Job, state: RoundState, *, on_client: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Run round ``state.round + 1`` in place on ``state``; return its metrics record."""
     cfg, strategy = job.cfg, job.strategy
     round_ = state.round + 1
@@ -124,8 +137,14 @@ def run_round(job: Job, state: RoundState, *, on_client: Callable[[int], None] |
     updates, excluded = [], []
     for cid in cohort:
         try:
-            update, new_state = fit_client(job, job.federation[cid], state.global_params,
-                                           payload, state.client_states.get(cid, {}), round_)
+            update, new_state = fit_client(
+                job,
+                job.federation[cid],
+                state.global_params,
+                payload,
+                state.client_states.get(cid, {}),
+                round_,
+            )
         except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
             excluded.append({"client": cid, "reason": f"{type(err).__name__}: {err}"})
         else:
@@ -151,9 +170,16 @@ def run_round(job: Job, state: RoundState, *, on_client: Callable[[int], None] |
         "round": round_,
         "cohort": cohort,
         "num_examples": sum(u.num_examples for u in updates),
-        "train_loss": (float(np.average([u.metrics["train_loss"] for u in updates],
-                                        weights=[u.num_examples for u in updates]))
-                       if updates else float("nan")),
+        "train_loss": (
+            float(
+                np.average(
+                    [u.metrics["train_loss"] for u in updates],
+                    weights=[u.num_examples for u in updates],
+                )
+            )
+            if updates
+            else float("nan")
+        ),
         "bytes_down": bytes_down,
         "bytes_up": bytes_up,
         "cum_bytes": state.cum_bytes,
@@ -161,7 +187,9 @@ def run_round(job: Job, state: RoundState, *, on_client: Callable[[int], None] |
         "excluded": excluded,
     }
     if round_ % cfg.eval.every == 0 or round_ == cfg.rounds:
-        record.update({f"test_{k}": v for k, v in evaluate_global(job, state.global_params).items()})
+        record.update(
+            {f"test_{k}": v for k, v in evaluate_global(job, state.global_params).items()}
+        )
         if cfg.eval.per_client:
             record.update(evaluate_clients(job, state.global_params))
     record["seconds"] = time.perf_counter() - start

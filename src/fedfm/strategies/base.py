@@ -78,7 +78,7 @@ class Strategy(ABC):
         size = self.cohort_size(num_clients)
         return sorted(rng.choice(num_clients, size=size, replace=False).tolist())
 
-    def initialize(self, params: Params) -> None:
+    def initialize(self, params: Params) -> None:  # noqa: B027 (optional hook)
         """Set up server state for ``params`` (called once before round 1)."""
 
     def payload(self, round_: int) -> Params:
@@ -96,7 +96,9 @@ class Strategy(ABC):
         del state
 
     # ------------------------------------------------------------------ client half
-    def client_hooks(self, global_params: Params, payload: Params, client_state: Params) -> LocalHooks:
+    def client_hooks(
+        self, global_params: Params, payload: Params, client_state: Params
+    ) -> LocalHooks:
         return LocalHooks()
 
     def client_finish(

@@ -46,6 +46,8 @@ class FedProx(FedAvg):
 
     name = "fedprox"
 
-    def client_hooks(self, global_params: Params, payload: Params, client_state: Params) -> LocalHooks:
+    def client_hooks(
+        self, global_params: Params, payload: Params, client_state: Params
+    ) -> LocalHooks:
         anchor = {k: v.detach().clone() for k, v in global_params.items()}
         return LocalHooks(extra_loss=proximal_term(self.cfg.proximal_mu, anchor))

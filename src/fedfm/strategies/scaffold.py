@@ -45,7 +45,9 @@ class Scaffold(Strategy):
     def _server_c(payload: Params) -> Params:
         return {k[2:]: v for k, v in payload.items() if k.startswith("c.")}
 
-    def client_hooks(self, global_params: Params, payload: Params, client_state: Params) -> LocalHooks:
+    def client_hooks(
+        self, global_params: Params, payload: Params, client_state: Params
+    ) -> LocalHooks:
         c = self._server_c(payload)
         c_i = client_state or zeros_like(c)
         return LocalHooks(grad_correction=subtract(c, c_i))
