@@ -64,7 +64,7 @@ def test_non_finite_update_is_excluded_and_round_goes_on(tmp_path, monkeypatch):
     def fit(job, client, *args):
         update, new_state = real_fit(job, client, *args)
         if client.id == poisoned:
-            update.params[next(iter(update.params))][0] = float("nan")
+            update.delta[next(iter(update.delta))][0] = float("nan")
         return update, new_state
 
     monkeypatch.setattr(simulation, "fit_client", fit)

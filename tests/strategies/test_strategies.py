@@ -10,6 +10,7 @@ from fedfm.tasks import Task
 
 
 def _updates(*values, weights=None):
+    """Updates whose deltas are ``values``."""
     weights = weights or [1] * len(values)
     return [
         Update(i, {"w": torch.tensor(v)}, n)
@@ -19,8 +20,8 @@ def _updates(*values, weights=None):
 
 def test_fedavg_is_example_weighted():
     s = STRATEGIES.get("fedavg")(StrategyConfig())
-    out = s.aggregate(1, {"w": torch.tensor([0.0])}, _updates([1.0], [4.0], weights=[3, 1]))
-    torch.testing.assert_close(out["w"], torch.tensor([1.75]))
+    out = s.aggregate(1, {"w": torch.tensor([1.0])}, _updates([1.0], [4.0], weights=[3, 1]))
+    torch.testing.assert_close(out["w"], torch.tensor([2.75]))
 
 
 def test_fedadam_one_step_matches_hand_computation():
@@ -28,8 +29,8 @@ def test_fedadam_one_step_matches_hand_computation():
     s = STRATEGIES.get("fedadam")(cfg)
     x = {"w": torch.tensor([1.0, -2.0])}
     s.initialize(x)
-    out = s.aggregate(1, x, _updates([1.5, -2.0], [2.5, -1.0]))
-    delta = torch.tensor([1.0, 0.5])  # mean(client) - x = [2.0, -1.5] - [1.0, -2.0]
+    out = s.aggregate(1, x, _updates([0.5, 0.0], [1.5, 1.0]))
+    delta = torch.tensor([1.0, 0.5])  # the mean client delta
     m = 0.1 * delta
     v = 0.99 * 1e-6 + 0.01 * delta**2
     torch.testing.assert_close(out["w"], x["w"] + 0.1 * m / (v.sqrt() + 1e-3))
@@ -37,13 +38,12 @@ def test_fedadam_one_step_matches_hand_computation():
 
 
 def test_fedyogi_and_fedadagrad_second_moments():
-    x = {"w": torch.tensor([0.0])}
-    delta_sq = torch.tensor([4.0])
+    x = {"w": torch.tensor([0.0])}  # one client delta of 2: delta^2 = 4, v starts at tau^2
     for name, expected in (("fedadagrad", 1e-6 + 4.0), ("fedyogi", 1e-6 + 0.01 * 4.0)):
         s = STRATEGIES.get(name)(StrategyConfig(tau=1e-3, beta2=0.99))
         s.initialize(x)
         s.aggregate(1, x, _updates([2.0]))
-        torch.testing.assert_close(s.state_dict()["v"]["w"], expected + 0 * delta_sq)
+        torch.testing.assert_close(s.state_dict()["v"]["w"], torch.tensor([expected]))
 
 
 def test_fedavgm_accumulates_momentum():
@@ -51,7 +51,7 @@ def test_fedavgm_accumulates_momentum():
     x = {"w": torch.tensor([0.0])}
     s.initialize(x)
     x1 = s.aggregate(1, x, _updates([1.0]))  # m = 1
-    x2 = s.aggregate(2, x1, _updates([1.0]))  # delta = 0, m = 0.5
+    x2 = s.aggregate(2, x1, _updates([0.0]))  # delta = 0, m = 0.5
     torch.testing.assert_close(x1["w"], torch.tensor([1.0]))
     torch.testing.assert_close(x2["w"], torch.tensor([1.5]))
 
@@ -107,7 +107,7 @@ def _federate(strategy_name, rounds=150, mu=0.0):
             extras, states[i] = strategy.client_finish(
                 x, res.params, payload, states.get(i, {}), steps=res.steps, lr=cfg.lr
             )
-            updates.append(Update(i, res.params, 1, extras=extras))
+            updates.append(Update(i, {"w": res.params["w"] - x["w"]}, 1, extras=extras))
         x = strategy.aggregate(r, x, updates)
     return x["w"]
 

@@ -26,7 +26,7 @@ from fedfm.data.federation import ClientData
 from fedfm.errors import FedFMError
 from fedfm.models.params import Params, payload_bytes, set_params
 from fedfm.runtime.job import Job
-from fedfm.strategies.aggregate import non_finite
+from fedfm.strategies.aggregate import non_finite, subtract
 from fedfm.strategies.base import Update
 
 
@@ -76,13 +76,14 @@ def fit_client(
     extras, new_state = job.strategy.client_finish(
         global_params, result.params, payload, client_state, steps=result.steps, lr=cfg.client.lr
     )
+    delta = subtract(result.params, global_params)
     update = Update(
         client_id=client.id,
-        params=result.params,
+        delta=delta,
         num_examples=client.num_examples,
         metrics={"train_loss": result.train_loss, "steps": result.steps},
         extras=extras,
-        bytes_up=payload_bytes({**result.params, **extras}),
+        bytes_up=payload_bytes({**delta, **extras}),
     )
     return update, new_state
 
@@ -148,7 +149,7 @@ def run_round(
         except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
             excluded.append({"client": cid, "reason": f"{type(err).__name__}: {err}"})
         else:
-            bad = non_finite(update.params) + non_finite(update.extras)
+            bad = non_finite(update.delta) + non_finite(update.extras)
             if bad:
                 excluded.append({"client": cid, "reason": f"non-finite values in {bad[:3]}"})
             else:

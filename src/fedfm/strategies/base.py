@@ -18,7 +18,7 @@ import torch
 from fedfm.config import StrategyConfig
 from fedfm.models.params import Params
 from fedfm.registry import Registry
-from fedfm.strategies.aggregate import subtract, weighted_average
+from fedfm.strategies.aggregate import weighted_average
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,16 @@ class Update:
 
     Attributes:
         client_id: who sent it.
-        params: the client's new trainable tensors.
+        delta: the client's change to the trainable tensors (new params - global params):
+            what the update pipeline clips, noises, compresses and aggregates.
         num_examples: examples trained on (the FedAvg weight).
         metrics: local training metrics (e.g. ``train_loss``).
         extras: strategy-specific tensors (SCAFFOLD: the control variate delta).
-        bytes_up: exact serialised size of ``params`` and ``extras``.
+        bytes_up: exact serialised size of ``delta`` and ``extras``.
     """
 
     client_id: int
-    params: Params
+    delta: Params
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
     extras: Params = field(default_factory=dict)
@@ -118,12 +119,6 @@ class Strategy(ABC):
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
 
-def fedavg_average(global_params: Params, updates: list[Update]) -> Params:
-    """The example-weighted mean of client params (McMahan et al., 2017)."""
-    del global_params
-    return weighted_average([u.params for u in updates], [u.num_examples for u in updates])
-
-
-def pseudo_gradient(global_params: Params, updates: list[Update]) -> Params:
-    """``global - weighted mean of client params``: the direction servers step against."""
-    return subtract(global_params, fedavg_average(global_params, updates))
+def mean_delta(updates: list[Update]) -> Params:
+    """The example-weighted mean of client deltas (FedAvg's step, McMahan et al., 2017)."""
+    return weighted_average([u.delta for u in updates], [u.num_examples for u in updates])

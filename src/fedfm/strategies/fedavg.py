@@ -7,12 +7,13 @@ from collections.abc import Callable
 import torch
 
 from fedfm.models.params import Params
-from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update, fedavg_average
+from fedfm.strategies.aggregate import add
+from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update, mean_delta
 
 
 @STRATEGIES.register("fedavg")
 class FedAvg(Strategy):
-    """Example-weighted average of the cohort's params.
+    """The global params plus the example-weighted mean of the cohort's deltas.
 
     Example:
         >>> from fedfm.config import StrategyConfig
@@ -25,7 +26,7 @@ class FedAvg(Strategy):
     name = "fedavg"
 
     def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
-        return fedavg_average(global_params, updates)
+        return add(global_params, mean_delta(updates))
 
 
 def proximal_term(mu: float, anchor: Params) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:

@@ -1,7 +1,7 @@
 """Server optimisers on the pseudo-gradient: FedAvgM (Hsu et al., 2019) and FedAdam,
 FedYogi, FedAdagrad (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
 
-With ``delta = mean(client params) - global`` (example-weighted):
+With ``delta`` the example-weighted mean of client deltas (``-delta`` is the pseudo-gradient):
 
 - FedAvgM:    ``m = beta * m + delta``;  ``x = x + server_lr * m``
 - FedAdagrad: ``v = v + delta^2``
@@ -18,7 +18,7 @@ import torch
 
 from fedfm.models.params import Params
 from fedfm.strategies.aggregate import zeros_like
-from fedfm.strategies.base import STRATEGIES, Strategy, Update, pseudo_gradient
+from fedfm.strategies.base import STRATEGIES, Strategy, Update, mean_delta
 
 
 class _ServerMomentState(Strategy):
@@ -48,7 +48,7 @@ class FedAvgM(_ServerMomentState):
 
     def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
         beta, lr = self.cfg.server_momentum, self.cfg.server_lr
-        delta = {k: -g for k, g in pseudo_gradient(global_params, updates).items()}
+        delta = mean_delta(updates)
         m = self.state["m"]
         for k in m:
             m[k] = beta * m[k] + delta[k]
@@ -73,7 +73,7 @@ class FedOpt(_ServerMomentState):
 
     def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
         b1, lr, tau = self._beta1(), self.cfg.server_lr, self.cfg.tau
-        delta = {k: -g for k, g in pseudo_gradient(global_params, updates).items()}
+        delta = mean_delta(updates)
         m, v = self.state["m"], self.state["v"]
         new = {}
         for k, d in delta.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from fedfm.models.params import Params
 from fedfm.strategies.aggregate import add, subtract, zeros_like
-from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update, fedavg_average
+from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update, mean_delta
 
 
 @STRATEGIES.register("scaffold")
@@ -26,8 +26,7 @@ class Scaffold(Strategy):
         return {f"c.{k}": v for k, v in self.c.items()}
 
     def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
-        mean_y = fedavg_average(global_params, updates)
-        step = subtract(mean_y, global_params)
+        step = mean_delta(updates)
         n = len(updates)
         for k in self.c:
             mean_dc = sum(u.extras[f"dc.{k}"] for u in updates) / n
