@@ -27,6 +27,8 @@ demo: setup
 	$(BIN)/fedfm run --overwrite
 
 test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 test-all: setup
@@ -35,6 +37,7 @@ test-all: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py

@@ -6,6 +6,7 @@ measurement's allocations (and its peak RSS) never leak into another's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -74,6 +75,28 @@ def proc_status_mb(field: str) -> float:
     return float("nan")
 
 
+def src_fingerprint() -> str:
+    """SHA-256 (16 hex) of every ``src/fedfm`` Python file: which code a result measured.
+
+    Taken at the start and the end of a benchmark; other people edit ``src`` concurrently,
+    and a result whose two fingerprints differ mixed two versions of fedfm.
+    """
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "src" / "fedfm").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def check_fingerprint(report: dict[str, Any]) -> bool:
+    """Record the end fingerprint; warn (and return False) if ``src`` changed mid-run."""
+    report["src_fingerprint_end"] = src_fingerprint()
+    same = report["src_fingerprint_end"] == report["machine"]["src_fingerprint"]
+    report["src_unchanged_during_run"] = same
+    if not same:
+        print("WARNING: src/fedfm changed during the run; results mix two versions", flush=True)
+    return same
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     import torch
 
@@ -84,9 +107,12 @@ def machine_info(threads: int) -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu,
@@ -95,7 +121,9 @@ def machine_info(threads: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "torch_threads": threads,
         "load_average_at_start": list(os.getloadavg()),
-        "git_head": commit,
+        "git_head": git("rev-parse", "--short", "HEAD"),
+        "src_uncommitted_changes": bool(git("status", "--porcelain", "--", "src")),
+        "src_fingerprint": src_fingerprint(),
     }
 
 

@@ -6,7 +6,8 @@ few tensors), so the peak RSS of a 1,000-client federation stays within 1.5x of 
 one when both train 10 clients per round on the same data.
 
 Each run is its own fresh subprocess; its peak RSS is ``getrusage(RUSAGE_SELF).ru_maxrss``
-(whole process: Python, torch, the backbone, data, training). Runs:
+(whole process: Python, torch, the backbone, data, training); ``VmRSS`` is also read after
+setup, after every round and after ``malloc_trim(0)`` (live memory vs heap glibc kept). Runs:
 
 * FedAvg, 10 clients and 1,000 clients, 10 per round;
 * SCAFFOLD (+ SGD, as SCAFFOLD's control-variate estimate assumes), the same two: it
@@ -16,13 +17,16 @@ Each run is its own fresh subprocess; its peak RSS is ``getrusage(RUSAGE_SELF).r
   for per-client state (1,000 control variates) and for the per-round update buffer.
 
 Usage:
-    .venv/bin/python benchmarks/memory.py            # full (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/memory.py            # full (about 9 minutes on 2 cores)
     .venv/bin/python benchmarks/memory.py --quick    # tiny version (seconds)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import json
 import sys
 import time
@@ -31,6 +35,7 @@ from typing import Any
 
 from _common import (
     RESULTS,
+    check_fingerprint,
     machine_info,
     markdown_table,
     peak_rss_mb,
@@ -152,6 +157,11 @@ def worker(spec: dict[str, Any]) -> None:
     out["test_accuracy"] = record.get("test_accuracy")
     out["rss_now_end_mb"] = proc_status_mb("VmRSS")
     out["rss_growth_in_loop_mb"] = out["rss_now_end_mb"] - out["rss_now_after_setup_mb"]
+    # freed-but-kept heap vs live memory: hand free heap pages back to the OS, then re-read
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    out["rss_after_malloc_trim_mb"] = proc_status_mb("VmRSS")
     out["peak_rss_mb"] = peak_rss_mb()
     Path(spec["result"]).write_text(json.dumps(out))
 
@@ -188,6 +198,10 @@ def summarise(results: dict[str, dict[str, Any]], many: int, few: int) -> dict[s
             - all_fedavg["peak_rss_mb"],
             "fedavg_all_rss_growth_in_loop_mb": all_fedavg["rss_growth_in_loop_mb"],
             "scaffold_all_rss_growth_in_loop_mb": all_scaffold["rss_growth_in_loop_mb"],
+            "fedavg_all_growth_after_trim_mb": all_fedavg["rss_after_malloc_trim_mb"]
+            - all_fedavg["rss_now_after_setup_mb"],
+            "scaffold_all_growth_after_trim_mb": all_scaffold["rss_after_malloc_trim_mb"]
+            - all_scaffold["rss_now_after_setup_mb"],
             "fedavg_all_vs_fedavg_few_cohort_mb": all_fedavg["peak_rss_mb"]
             - results[f"fedavg-{many}"]["peak_rss_mb"],
             # what run_round holds before aggregating: every update's params (+ extras)
@@ -215,6 +229,7 @@ def table(report: dict[str, Any]) -> str:
                 f"{r['peak_rss_mb']:.0f}",
                 f"{r['peak_rss_mb'] / base[strategy]:.3f}",
                 f"{r['rss_growth_in_loop_mb']:+.0f}",
+                f"{r['rss_after_malloc_trim_mb'] - r['rss_now_after_setup_mb']:+.0f}",
                 r["client_states"],
                 f"{r['client_state_bytes'] / MiB:.1f}",
                 f"{r['loop_seconds']:.1f}",
@@ -230,6 +245,7 @@ def table(report: dict[str, Any]) -> str:
         "peak RSS MiB",
         f"peak / {report['few']}-client peak",
         "RSS growth in loop MiB",
+        "… after malloc_trim MiB",
         "stored client states",
         "their MiB",
         "loop s",
@@ -298,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     report["summary"] = summarise(report["runs"], many, few)
     report["wall_seconds"] = time.perf_counter() - started
+    check_fingerprint(report)
     write_json(out_dir / "memory.json", report)
 
     print()

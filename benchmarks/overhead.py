@@ -12,7 +12,7 @@ interleaved so that machine noise hits both alike). Only the round loop is timed
 ``getrusage(RUSAGE_SELF).ru_maxrss`` of each worker process (whole process, setup included).
 
 Usage:
-    .venv/bin/python benchmarks/overhead.py            # full (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/overhead.py            # full (about 7 minutes on 2 cores)
     .venv/bin/python benchmarks/overhead.py --quick    # tiny version (seconds)
 """
 
@@ -30,6 +30,7 @@ from typing import Any
 
 from _common import (
     RESULTS,
+    check_fingerprint,
     machine_info,
     markdown_table,
     median,
@@ -67,6 +68,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "single": 1,
         "inner": 3,
         "profile": True,
+        "ablate_reps": 10,
     },
     "minilm_lora": {
         "overrides": MINILM,
@@ -85,6 +87,7 @@ QUICK: dict[str, dict[str, Any]] = {
         "single": 1,
         "inner": 1,
         "profile": True,
+        "ablate_reps": 2,
     },
     "minilm_lora": {
         "overrides": [
@@ -162,7 +165,9 @@ def plain_fedavg(
         clients: each client's training indices.
         init: the initial trainable tensors, in ``model.parameters()`` order.
         hp: seed, rounds, cohort, epochs, batch_size, lr, weight_decay, max_grad_norm,
-            eval_batch_size.
+            eval_batch_size; and ``fedavg_form``: ``"delta"`` (default: ``x + mean(y - x)``,
+            the float order fedfm uses since updates carry deltas) or ``"params"``
+            (``mean(y)``: the same FedAvg in exact arithmetic, different float rounding).
 
     Returns:
         The final global tensors and the test metrics of the final model.
@@ -185,6 +190,7 @@ def plain_fedavg(
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}, y
 
     seed, bs = hp["seed"], hp["batch_size"]
+    delta_form = hp.get("fedavg_form", "delta") == "delta"
     live = [p for p in model.parameters() if p.requires_grad]
     global_ = [t.clone() for t in init]
     for r in range(1, hp["rounds"] + 1):
@@ -195,7 +201,7 @@ def plain_fedavg(
             with torch.no_grad():
                 for p, g in zip(live, global_, strict=True):
                     p.copy_(g)
-            torch.manual_seed(_client_seed(seed, r, cid, 0))  # dropout
+            torch.default_generator.manual_seed(_client_seed(seed, r, cid, 0))  # dropout
             opt = torch.optim.AdamW(live, lr=hp["lr"], weight_decay=hp["weight_decay"])
             model.train()
             loss_sum, steps = 0.0, 0
@@ -213,16 +219,22 @@ def plain_fedavg(
                     opt.step()
                     steps += 1
             model.eval()
-            new.append([p.detach().clone() for p in live])
+            if delta_form:  # the client's change y - x
+                new.append([p.detach() - g for p, g in zip(live, global_, strict=True)])
+            else:  # the client's params y
+                new.append([p.detach().clone() for p in live])
             weights.append(len(clients[cid]))
         total = float(sum(weights))
         averaged = []
-        for k, ref in enumerate(global_):
+        for k, ref in enumerate(global_):  # example-weighted mean, accumulated in float64
             acc = torch.zeros_like(ref, dtype=torch.float64)
             for tensors, w in zip(new, weights, strict=True):
                 acc += tensors[k].to(torch.float64) * (w / total)
             averaged.append(acc.to(ref.dtype))
-        global_ = averaged
+        if delta_form:  # x + mean(y - x)
+            global_ = [g + a for g, a in zip(global_, averaged, strict=True)]
+        else:  # mean(y)
+            global_ = averaged
 
     # evaluate once: test set sorted by length, large batches, inference mode
     with torch.no_grad():
@@ -331,6 +343,22 @@ def _patch(removed: tuple[str, ...]) -> None:
 _CHECK_COMPATIBLE: list[Any] = []
 
 
+def _seed_cost(calls: int = 2000) -> dict[str, float]:
+    """Microseconds per ``torch.manual_seed`` (every client, both loops) vs the CPU generator's."""
+    import torch
+
+    out = {}
+    for name, fn in (
+        ("torch.manual_seed", torch.manual_seed),
+        ("torch.default_generator.manual_seed", torch.default_generator.manual_seed),
+    ):
+        t = time.perf_counter()
+        for i in range(calls):
+            fn(i)
+        out[name] = (time.perf_counter() - t) / calls * 1e6
+    return out
+
+
 def ablate(job: Any, plain_args: tuple, reps: int) -> dict[str, Any]:
     """Plain, fedfm and fedfm minus one piece of bookkeeping at a time, cycled in one process."""
     import fedfm.models.params as params_mod
@@ -351,7 +379,21 @@ def ablate(job: Any, plain_args: tuple, reps: int) -> dict[str, Any]:
             times[variant].append(time.perf_counter() - t)
     _patch(())
     plain = median(times["plain"])
+    # the same FedAvg written as mean(y) instead of x + mean(y - x): how far float rounding
+    # alone moves the final params (why the plain loop uses fedfm's delta form)
+    train, test, clients, init, hp = plain_args
+    fedfm_final, _ = _run_fedfm(job)
+    names = [n for n, p in job.model.named_parameters() if p.requires_grad]
+    forms = {}
+    for form in ("delta", "params"):
+        final, _ = plain_fedavg(job.model, train, test, clients, init, {**hp, "fedavg_form": form})
+        forms[form] = max(
+            float((fedfm_final[n].double() - t.double()).abs().max())
+            for n, t in zip(names, final, strict=True)
+        )
     return {
+        "max_abs_diff_to_fedfm_by_fedavg_form": forms,
+        "seed_cost_us": _seed_cost(),
         "reps": reps,
         "seconds": {v: median(ts) for v, ts in times.items()},
         "ratio_to_plain": {v: median(ts) / plain for v, ts in times.items()},
@@ -409,7 +451,7 @@ def worker(spec: dict[str, Any]) -> None:
             pairs.append({**seconds, "ratio": seconds["fedfm"] / seconds["plain"]})
         out["pairs"] = pairs
     elif mode == "ablate":
-        out["ablation"] = ablate(job, plain_args[:-1], spec["pairs"])
+        out["ablation"] = ablate(job, plain_args[:-1], spec["ablate_reps"])
         finals["fedfm"], metrics = _run_fedfm(job)
     else:  # profile: one fedfm loop under cProfile (slower than the timed runs)
         run("fedfm")  # warm-up, so one-time costs do not show as hot spots
@@ -431,8 +473,10 @@ def worker(spec: dict[str, Any]) -> None:
 
 def _profile_summary(profiler: cProfile.Profile, wall: float) -> dict[str, Any]:
     stats = pstats.Stats(profiler)
-    rows = []
+    rows, fedfm_self = [], 0.0
     for (file, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():
+        if "/src/fedfm/" in file:
+            fedfm_self += tottime  # time spent in fedfm's own Python lines
         rows.append(
             {
                 "function": func,
@@ -449,7 +493,13 @@ def _profile_summary(profiler: cProfile.Profile, wall: float) -> dict[str, Any]:
     ]
     watched.sort(key=lambda r: -r["cumtime"])
     top = sorted(rows, key=lambda r: -r["tottime"])[:25]
-    return {"profiled_loop_seconds": wall, "fedfm_functions": watched, "top_tottime": top}
+    return {
+        "profiled_loop_seconds": wall,
+        "fedfm_self_seconds": fedfm_self,
+        "fedfm_self_share": fedfm_self / wall,
+        "fedfm_functions": watched,
+        "top_tottime": top,
+    }
 
 
 def _short(file: str) -> str:
@@ -477,6 +527,7 @@ def _spec(mode: str, overrides: list[str], setting: dict[str, Any], out: Path) -
         "overrides": overrides,
         "inner": setting["inner"],
         "pairs": setting["pairs"],
+        "ablate_reps": setting.get("ablate_reps", 0),
         "params_out": str(out),
     }
 
@@ -609,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             report["settings"][name] = bench_setting(name, setting, args.threads, Path(tmp))
     report["wall_seconds"] = time.perf_counter() - started
-
+    check_fingerprint(report)
     write_json(out_dir / "overhead.json", report)
     for name, res in report["settings"].items():
         (out_dir / f"overhead.{name}.toml").write_text(res["config_toml"])
@@ -670,6 +721,13 @@ def attribution_table(res: dict[str, Any]) -> str:
         if r["function"] not in skip
     ][:10]
     text += "\n\n" + markdown_table(["fedfm function (cProfile)", "calls", "cum. share"], rows)
+    text += (
+        f"\n\ntime in fedfm's own Python lines (cProfile tottime): "
+        f"{100 * res['profile']['fedfm_self_share']:.1f}% of the profiled loop; "
+        + "; ".join(f"{k}: {v:.1f} µs/call" for k, v in ab["seed_cost_us"].items())
+        + "\nmax |Δparams| plain vs fedfm by FedAvg float order: "
+        + ", ".join(f"{k}: {v:.1e}" for k, v in ab["max_abs_diff_to_fedfm_by_fedavg_form"].items())
+    )
     return text
 
 

@@ -245,8 +245,8 @@ def _build(cls: type, table: dict[str, Any], prefix: str, problems: list[str]) -
             hint = closest(key, hints)
             problems.append(f"unknown key '{dotted}'.{hint} Valid keys here: {', '.join(hints)}")
             continue
-        hint_type = hints[key]
-        if dataclasses.is_dataclass(hint_type):
+        hint_type: Any = hints[key]
+        if isinstance(hint_type, type) and dataclasses.is_dataclass(hint_type):
             if not isinstance(value, dict):
                 problems.append(f"'{dotted}' must be a table ([{dotted}])")
                 continue

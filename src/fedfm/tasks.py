@@ -32,6 +32,9 @@ class Task(ABC):
     main_metric: str  # the metric a run is judged by
     higher_is_better: bool
 
+    def __init__(self, num_labels: int = 0) -> None:
+        self.num_labels = num_labels
+
     @abstractmethod
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor: ...
 
@@ -49,9 +52,6 @@ class Classification(Task):
     name = CLASSIFICATION
     main_metric = "accuracy"
     higher_is_better = True
-
-    def __init__(self, num_labels: int) -> None:
-        self.num_labels = num_labels
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(_logits(model, batch), batch["labels"])
@@ -87,9 +87,6 @@ class CausalLM(Task):
     name = CAUSAL_LM
     main_metric = "perplexity"
     higher_is_better = False
-
-    def __init__(self, num_labels: int = 0) -> None:
-        del num_labels
 
     @staticmethod
     def _token_losses(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -79,3 +79,11 @@ def test_params_file_checks_backbone(tmp_path):
         fresh[1].weight.zero_()
     load_params_file(fresh, path)
     assert torch.equal(fresh[1].weight, m[1].weight)
+
+
+def test_payload_bytes_memo_is_exact_for_new_shapes_and_names():
+    for n in (1, 7, 300):
+        for name in ("a", "a_much_longer_tensor_name"):
+            params = {name: torch.zeros(n), "b": torch.zeros(2, n, dtype=torch.float16)}
+            assert payload_bytes(params) == len(serialize(params))
+            assert payload_bytes(params) == len(serialize(params))  # from the memo

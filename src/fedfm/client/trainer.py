@@ -88,7 +88,8 @@ def train_locally(
         loss.backward()
         if correction is not None:
             for name, p in live.items():
-                p.grad.add_(correction[name])
+                if p.grad is not None:
+                    p.grad.add_(correction[name])
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(live.values(), cfg.max_grad_norm)
         optimizer.step()

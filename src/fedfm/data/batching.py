@@ -31,7 +31,10 @@ class Encoded:
     pad_id: int = 0
 
     def __len__(self) -> int:
-        return len(self.ids) if self.ids is not None else len(self.features)
+        if self.ids is not None:
+            return len(self.ids)
+        assert self.features is not None  # one of the two is always set
+        return len(self.features)
 
     def lengths(self) -> np.ndarray:
         if self.ids is None:
@@ -50,10 +53,11 @@ def encode(split: Split, tokenizer, *, max_length: int) -> Encoded:  # noqa: ANN
     return Encoded(ids=ids, features=None, labels=split.labels, pad_id=pad_id)
 
 
-def collate(data: Encoded, indices: Sequence[int], *, causal_lm: bool) -> Batch:
+def collate(data: Encoded, indices: Sequence[int] | np.ndarray, *, causal_lm: bool) -> Batch:
     """One batch of ``indices``, padded to the longest example in it."""
     idx = np.asarray(indices)
     if data.ids is None:
+        assert data.features is not None  # one of the two is always set
         batch = {"x": torch.from_numpy(data.features[idx])}
     else:
         rows = [data.ids[i] for i in idx]

@@ -86,11 +86,15 @@ def apply_adapter(
         return model
     targets = list(cfg.target_modules) or default_target_modules(architecture)
     lora = LoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
     )
     try:
         peft_model = get_peft_model(model, lora)
     except ValueError as err:  # peft: "Target modules {...} not found in the base model"
         raise ConfigError(f"adapter.target_modules = {targets}: {err}") from err
-    _set_head_trainable(peft_model.base_model.model, task)
+    base = peft_model.get_base_model()
+    _set_head_trainable(base, task)
     return peft_model

@@ -75,9 +75,19 @@ def deserialize(data: bytes) -> Params:
     return dict(st_load(data))
 
 
+_SIZE_BY_SIGNATURE: dict[tuple[tuple[str, torch.dtype, tuple[int, ...]], ...], int] = {}
+
+
 def payload_bytes(params: Params) -> int:
-    """Size in bytes of ``params`` serialised as it would travel (safetensors)."""
-    return len(serialize(params))
+    """Size in bytes of ``params`` serialised as it would travel (safetensors).
+
+    Exact: the size depends only on the names, dtypes and shapes, so it is measured by
+    serialising once per such signature and remembered (counting bytes is on the hot path).
+    """
+    signature = tuple((k, v.dtype, tuple(v.shape)) for k, v in params.items())
+    if signature not in _SIZE_BY_SIGNATURE:
+        _SIZE_BY_SIGNATURE[signature] = len(serialize(params))
+    return _SIZE_BY_SIGNATURE[signature]
 
 
 def backbone_hash(model: torch.nn.Module) -> str:
@@ -87,7 +97,7 @@ def backbone_hash(model: torch.nn.Module) -> str:
     for every client; it changes if any frozen weight differs.
     """
     digest = hashlib.sha256()
-    tensors = dict(model.named_parameters())
+    tensors: dict[str, torch.Tensor] = dict(model.named_parameters())
     tensors.update(dict(model.named_buffers()))
     for name in sorted(tensors):
         t = tensors[name]

@@ -8,7 +8,6 @@ curves on one 2×2 figure) and ``comparison.md`` (one row per run) are written.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from fedfm.errors import FedFMError
 from fedfm.io import atomic_write_text
 from fedfm.report.metrics import read_records
-from fedfm.report.plots import format_mb, plot_comparison
+from fedfm.report.plots import format_mb, is_finite_number, plot_comparison
 
 MISSING = "–"  # shown in a table cell whose value was not logged
 
@@ -163,8 +162,8 @@ def _row(run: RunData) -> dict[str, str]:
         "dataset": _text(s.get("dataset")),
         "strategy": _text(s.get("strategy")),
         "rounds": _text(rounds),
-        "total_bytes": format_mb(total) if _is_number(total) else MISSING,
-        "full_model_total_bytes": format_mb(full) if _is_number(full) else MISSING,
+        "total_bytes": format_mb(total) if is_finite_number(total) else MISSING,
+        "full_model_total_bytes": format_mb(full) if is_finite_number(full) else MISSING,
         "wall_seconds": format_seconds(s.get("wall_seconds")),
     }
     for key in ("test_accuracy", "test_macro_f1", "test_perplexity"):
@@ -192,7 +191,7 @@ def format_metric(key: str, value: Any) -> str:
         >>> format_metric("test_accuracy", 0.8734), format_metric("test_perplexity", 23.456)
         ('87.34%', '23.46')
     """
-    if not _is_number(value):
+    if not is_finite_number(value):
         return MISSING
     if any(part in key for part in _RATE_KEYS):
         return f"{100 * value:.2f}%"
@@ -203,7 +202,7 @@ def format_metric(key: str, value: Any) -> str:
 
 def format_seconds(value: Any) -> str:
     """Format a duration in seconds: one decimal below 100 s, whole seconds above."""
-    if not _is_number(value):
+    if not is_finite_number(value):
         return MISSING
     return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
 
@@ -258,7 +257,3 @@ def _numeric_column(cells: Sequence[str]) -> bool:
 
 def _text(value: Any) -> str:
     return MISSING if value is None or value == "" else str(value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

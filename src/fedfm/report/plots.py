@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -148,11 +148,11 @@ def _line(ax: Axes, records: Sequence[Record], x_key: str, y_key: str, **style: 
 def _xy(records: Sequence[Record], x_key: str, y_key: str) -> tuple[list[float], list[float]]:
     """Return the (x, y) pairs of the records where both keys hold finite numbers."""
     pairs = [(r.get(x_key), r.get(y_key)) for r in records]
-    kept = [(x, y) for x, y in pairs if _finite(x) and _finite(y)]
+    kept = [(x, y) for x, y in pairs if is_finite_number(x) and is_finite_number(y)]
     return [x for x, _ in kept], [y for _, y in kept]
 
 
-def _finite(value: Any) -> bool:
+def is_finite_number(value: Any) -> TypeGuard[float]:
     """True for a finite int or float (not bool, not ``None``)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -197,7 +197,7 @@ def _finish_panel(ax: Axes, *, log_y: bool) -> None:
 def _bytes_note(records: Sequence[Record]) -> str:
     """Return "adapters: X MB vs full model: Y MB" from the last record holding both."""
     for r in reversed(records):
-        if _finite(r.get("cum_bytes")) and _finite(r.get("full_model_cum_bytes")):
+        if is_finite_number(r.get("cum_bytes")) and is_finite_number(r.get("full_model_cum_bytes")):
             sent, full = r["cum_bytes"], r["full_model_cum_bytes"]
             return f"adapters: {format_mb(sent)} vs full model: {format_mb(full)}"
     return ""

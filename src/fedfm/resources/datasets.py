@@ -170,8 +170,8 @@ def trec6() -> Dataset:
         if line.strip():
             fine, text = line.strip().split(" ", 1)
             rows.append((text.strip(), fine.split(":", 1)[0]))
-    rows = [(text, codes.index(code)) for text, code in _first_per_text(rows)]
-    return _classification("trec6", rows, tuple(TREC_COARSE.values()))
+    labelled = [(text, codes.index(code)) for text, code in _first_per_text(rows)]
+    return _classification("trec6", labelled, tuple(TREC_COARSE.values()))
 
 
 def _sentiment_rows(path: Path) -> list[tuple[str, int]]:

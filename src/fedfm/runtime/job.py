@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fedfm.config import RunConfig
@@ -68,7 +69,7 @@ def build_job(cfg: RunConfig) -> Job:
     federation = build_federation(train, cfg.data, seed=cfg.seed)
 
     torch.manual_seed(cfg.seed)  # the fresh head, LoRA A matrices and random-init baselines
-    input_dim = train.inputs.shape[1] if dataset.modality == "features" else 0
+    input_dim = np.asarray(train.inputs).shape[1] if dataset.modality == "features" else 0
     loaded = load_model(
         cfg.model.name,
         task=dataset.task,

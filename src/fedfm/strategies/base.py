@@ -9,7 +9,7 @@ strategy and is saved by ``state_dict``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +32,7 @@ class LocalHooks:
             (SCAFFOLD's ``c - c_i``).
     """
 
-    extra_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+    extra_loss: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None
     grad_correction: Params | None = None
 
 

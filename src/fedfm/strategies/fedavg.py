@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -29,14 +29,16 @@ class FedAvg(Strategy):
         return add(global_params, mean_delta(updates))
 
 
-def proximal_term(mu: float, anchor: Params) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+def proximal_term(
+    mu: float, anchor: Params
+) -> Callable[[Mapping[str, torch.Tensor]], torch.Tensor]:
     """``(mu / 2) * ||w - w_global||^2`` over the trainable tensors."""
     placed: Params = {}
 
-    def term(live: dict[str, torch.Tensor]) -> torch.Tensor:
+    def term(live: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if not placed:  # move the anchor to the model's device once
             placed.update({k: v.to(live[k].device) for k, v in anchor.items()})
-        return 0.5 * mu * sum(((live[k] - placed[k]) ** 2).sum() for k in placed)
+        return 0.5 * mu * torch.stack([((live[k] - placed[k]) ** 2).sum() for k in placed]).sum()
 
     return term
 
