@@ -661,7 +661,11 @@ def main(argv: list[str] | None = None) -> int:
             report["settings"][name] = bench_setting(name, setting, args.threads, Path(tmp))
     report["wall_seconds"] = time.perf_counter() - started
     check_fingerprint(report)
-    write_json(out_dir / "overhead.json", report)
+    # a partial run (--only) never overwrites the full results
+    json_name = (
+        "overhead.json" if set(names) == set(settings) else f"overhead-{'-'.join(names)}.json"
+    )
+    write_json(out_dir / json_name, report)
     for name, res in report["settings"].items():
         (out_dir / f"overhead.{name}.toml").write_text(res["config_toml"])
     print()
@@ -670,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         if "ablation" in res:
             print(f"\n{name}: where fedfm's extra time goes\n")
             print(attribution_table(res))
-    print(f"\nwrote {out_dir / 'overhead.json'} ({report['wall_seconds']:.0f} s)")
+    print(f"\nwrote {out_dir / json_name} ({report['wall_seconds']:.0f} s)")
     ok = all(r["summary"]["same_arithmetic"] for r in report["settings"].values())
     if not ok:
         print(f"FAIL: final params differ by more than {TOLERANCE}", file=sys.stderr)
