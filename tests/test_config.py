@@ -45,6 +45,7 @@ def test_resolved_config_round_trips():
         (["client.epochs=0"], "client.epochs and client.steps are both 0"),
         (['adapter.target_modules="query"'], "must be a list of strings"),
         (["rounds"], "must look like key=value"),
+        (["device=gpu"], "device = 'gpu' must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ],
 )
 def test_bad_config_names_the_field(overrides, expected):

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -97,6 +98,7 @@ class RunConfig:
     rounds: int = 8
     output_dir: str = "runs"
     backend: str = "simulation"
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -199,6 +201,9 @@ def _range_problems(cfg: RunConfig) -> list[str]:
     if not 0 <= flat["data.client_eval_fraction"] < 1:
         value = flat["data.client_eval_fraction"]
         problems.append(f"data.client_eval_fraction = {value!r} must be in [0, 1)")
+    device = flat["device"]
+    if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", device)):
+        problems.append(f"device = {device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if flat["data.num_clients"] == 0 and flat["data.partition"] != "natural":
         problems.append(
             "data.num_clients = 0 means one client per group, which only data.partition = "

@@ -25,6 +25,12 @@ def _logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return model(**inputs).logits
 
 
+def _on_model_device(model: torch.nn.Module, batches: Iterable[Batch]) -> Iterable[Batch]:
+    device = next(model.parameters()).device
+    for batch in batches:
+        yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 class Task(ABC):
     """Loss and metrics for one kind of problem."""
 
@@ -59,11 +65,11 @@ class Classification(Task):
     @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
         preds, labels, loss_sum = [], [], 0.0
-        for batch in batches:
+        for batch in _on_model_device(model, batches):
             logits = _logits(model, batch).float()
             loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
-            preds.append(logits.argmax(-1).numpy())
-            labels.append(batch["labels"].numpy())
+            preds.append(logits.argmax(-1).cpu().numpy())
+            labels.append(batch["labels"].cpu().numpy())
         y_pred, y_true = np.concatenate(preds), np.concatenate(labels)
         return {
             "accuracy": float((y_pred == y_true).mean()),
@@ -107,7 +113,7 @@ class CausalLM(Task):
     @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
         total, count = 0.0, 0
-        for batch in batches:
+        for batch in _on_model_device(model, batches):
             loss_sum, n = self._token_losses(model, batch)
             total += loss_sum.item()
             count += int(n)

@@ -57,6 +57,15 @@ def _check_model_fits_data(cfg: RunConfig, dataset: Dataset) -> None:
         )
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the first CUDA device if there is one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device = '{name}' but torch sees no CUDA device: use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
 def build_job(cfg: RunConfig) -> Job:
     """Load data and model, partition, wrap the adapter and set up the strategy."""
     dataset = load_dataset(cfg.data.dataset)
@@ -80,7 +89,7 @@ def build_job(cfg: RunConfig) -> Job:
     model = apply_adapter(
         loaded.model, cfg.adapter, architecture=loaded.architecture, task=dataset.task
     )
-    model.eval()
+    model.to(resolve_device(cfg.device)).eval()
     params = get_params(model)
     strategy = STRATEGIES.get(cfg.strategy.name, field="strategy.name")(
         cfg.strategy, num_clients=len(federation)
