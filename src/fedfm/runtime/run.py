@@ -187,7 +187,7 @@ def execute(
     """
     console = console or Console()
     started = time.perf_counter()
-    console.print(f"[bold]fedfm[/] run [cyan]{cfg.run_name}[/] → {run_dir}")
+    console.print(f"[bold]fedfm[/] run [cyan]{cfg.run_name}[/] → {run_dir}", soft_wrap=True)
     with console.status("loading data and model ..."):
         job = build_job(cfg)
     log = MetricsLog(run_dir / METRICS_FILE)
@@ -199,7 +199,8 @@ def execute(
     console.print(
         f"{job.dataset.name}: {len(job.federation)} clients, {len(job.dataset.test)} test examples"
         f" · {cfg.model.name} + {cfg.adapter.method}: {num_params(state.global_params):,} trainable"
-        f" of {job.total_params:,} params · backbone {job.backbone} · {cfg.strategy.name}"
+        f" of {job.total_params:,} params · backbone {job.backbone} · {cfg.strategy.name}",
+        soft_wrap=True,
     )
     cohort = job.strategy.cohort_size(len(job.federation))
     with Progress(
@@ -227,6 +228,7 @@ def execute(
     summary = _finish(job, run_dir, state, time.perf_counter() - started)
     console.print(
         f"done in {summary['wall_seconds']:.0f} s → {run_dir} "
-        f"(metrics.jsonl, curves.png, adapter.safetensors, {CHECKPOINT_FILE})"
+        f"(metrics.jsonl, curves.png, adapter.safetensors, {CHECKPOINT_FILE})",
+        soft_wrap=True,
     )
     return summary
