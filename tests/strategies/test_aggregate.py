@@ -46,3 +46,15 @@ def test_add_subtract_and_non_finite():
         "w",
         "v",
     ]
+
+
+def test_non_finite_names_every_culprit_and_handles_mixed_dtypes():
+    params = {
+        "a": torch.ones(3),
+        "b": torch.tensor([1.0, float("-inf")], dtype=torch.float16),
+        "c": torch.zeros(2, 2),
+        "d": torch.tensor([[float("nan")]]),
+    }
+    assert non_finite(params) == ["b", "d"]
+    assert non_finite({k: params[k] for k in ("a", "c")}) == []
+    assert non_finite({}) == []
