@@ -29,7 +29,6 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 @dataclass(frozen=True)
 class LocalResult:
     params: Params
-    examples_seen: int  # counting every epoch: the work done, not the FedAvg weight
     steps: int
     train_loss: float
 
@@ -77,7 +76,7 @@ def train_locally(
         else None
     )
     model.train()
-    steps, seen, loss_sum = 0, 0, 0.0
+    steps, loss_sum = 0, 0.0
     for batch in _epochs_or_steps(make_batches, cfg):
         batch = {k: v.to(device) for k, v in batch.items()}
         loss = task.loss(model, batch)
@@ -94,11 +93,9 @@ def train_locally(
             torch.nn.utils.clip_grad_norm_(live.values(), cfg.max_grad_norm)
         optimizer.step()
         steps += 1
-        seen += len(next(iter(batch.values())))
     model.eval()
     return LocalResult(
         params=get_params(model),
-        examples_seen=seen,
         steps=steps,
         train_loss=loss_sum / max(steps, 1),
     )
