@@ -4,6 +4,7 @@ fedfm run [CONFIG.toml] [--set key=value ...] [--overwrite]   run a federated jo
 fedfm run --resume runs/<name> [--set rounds=N]               continue from its checkpoint
 fedfm report RUN [RUN ...] [--out DIR]                        overlay runs: plot + table
 fedfm data stats [CONFIG.toml] [--set ...] [--plot FILE]      clients, labels, heterogeneity
+fedfm exp NAME [--quick] [--only GLOB]                        run an experiment, write its report
 fedfm list                                                    what is registered
 """
 
@@ -68,6 +69,23 @@ def _cmd_data_stats(args: argparse.Namespace, console: Console) -> None:
     console.print(f"plot → {plot}")
 
 
+def _cmd_exp(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.experiments import EXPERIMENTS, run_experiment
+
+    if args.name is None:
+        for name in EXPERIMENTS.names():
+            console.print(f"[bold]{name}[/]: {EXPERIMENTS.get(name).title}")
+        return
+    run_experiment(
+        args.name,
+        quick=args.quick,
+        out_dir=Path(args.out) if args.out else None,
+        runs_dir=Path(args.runs) if args.runs else None,
+        only=args.only,
+        console=console,
+    )
+
+
 def _cmd_list(args: argparse.Namespace, console: Console) -> None:
     from fedfm.data.partition import PARTITIONS
     from fedfm.resources.datasets import DATASETS
@@ -114,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     stats.add_argument("--plot", help="where to save the plot (PNG)")
     stats.set_defaults(func=_cmd_data_stats)
+
+    exp = sub.add_parser("exp", help="run an experiment and write its report (no NAME: list)")
+    exp.add_argument("name", nargs="?", help="experiment name; omit to list them")
+    exp.add_argument("--quick", action="store_true", help="a tiny version (smoke test)")
+    exp.add_argument("--out", help="report folder (default experiments/NAME; quick: runs/...)")
+    exp.add_argument("--runs", help="where the arms' run folders go")
+    exp.add_argument("--only", metavar="GLOB", help="run only the arms matching GLOB, no report")
+    exp.set_defaults(func=_cmd_exp)
 
     lst = sub.add_parser("list", help="registered datasets, models, partitions and strategies")
     lst.set_defaults(func=_cmd_list)

@@ -47,7 +47,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    method: str = "lora"  # lora | head (linear probe) | full (full fine-tuning)
+    method: str = "lora"  # lora | ia3 | bitfit (biases) | head (linear probe) | full
     rank: int = 8  # LoRA rank r
     alpha: float = 16.0  # LoRA scaling alpha (scale = alpha / rank)
     dropout: float = 0.0  # LoRA dropout
@@ -68,7 +68,9 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    name: str = "fedavg"  # fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad | scaffold
+    # fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad | scaffold;
+    # references: local (each client alone) | centralized (pooled data)
+    name: str = "fedavg"
     fraction: float = 0.5  # share of clients per round (used when clients_per_round = 0)
     clients_per_round: int = 0  # >0 overrides fraction
     proximal_mu: float = 0.01  # fedprox: weight of (mu/2)||w - w_global||^2
@@ -83,6 +85,7 @@ class StrategyConfig:
 class EvalConfig:
     every: int = 1  # evaluate the global model every k rounds (and always at the last)
     per_client: bool = False  # also evaluate on every client's held-out split
+    initial: bool = False  # also evaluate before round 1 (recorded as round 0)
     batch_size: int = 256
 
 
@@ -165,7 +168,7 @@ _STRICTLY_POSITIVE_FLOATS = {
 _UNIT_INTERVAL = {"strategy.beta1", "strategy.beta2", "strategy.server_momentum"}
 _CHOICES = {
     "backend": ("simulation",),
-    "adapter.method": ("lora", "head", "full"),
+    "adapter.method": ("lora", "ia3", "bitfit", "head", "full"),
     "client.optimizer": ("adamw", "adam", "sgd"),
 }
 

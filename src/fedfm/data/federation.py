@@ -35,6 +35,15 @@ class Federation:
     def __getitem__(self, client_id: int) -> ClientData:
         return self.clients[client_id]
 
+    def pooled(self) -> ClientData:
+        """One client holding every client's train and eval indices (the centralised baseline)."""
+        return ClientData(
+            id=len(self.clients),
+            name="pooled",
+            train=np.sort(np.concatenate([c.train for c in self.clients])),
+            eval=np.sort(np.concatenate([c.eval for c in self.clients])),
+        )
+
 
 def take(split: Split, indices: np.ndarray) -> Split:
     """The sub-split at ``indices``."""

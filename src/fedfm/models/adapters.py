@@ -1,4 +1,5 @@
-"""Decide which tensors train: LoRA adapters (peft), the task head only, or everything.
+"""Decide which tensors train: LoRA or IA3 adapters (peft), biases (BitFit), the task head
+only, or everything.
 
 After :func:`apply_adapter` the model's trainable tensors (``requires_grad``) are exactly
 the federated ``params``; everything else is the frozen backbone shared by all clients.
@@ -9,8 +10,12 @@ from __future__ import annotations
 import warnings
 
 import torch
-from peft import LoraConfig, get_peft_model
-from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from peft import IA3Config, LoraConfig, get_peft_model
+from peft.utils import (
+    TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
+)
 
 from fedfm.config import AdapterConfig
 from fedfm.errors import ConfigError
@@ -24,15 +29,36 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 HEAD_NAMES = ("classifier", "score", "head")
 
 
-def default_target_modules(architecture: str) -> list[str]:
-    """peft's per-architecture LoRA targets (e.g. bert: query/value; llama: q_proj/v_proj)."""
-    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(architecture)
+def default_target_modules(architecture: str, method: str = "lora") -> list[str]:
+    """peft's per-architecture targets (LoRA on bert: query/value; llama: q_proj/v_proj)."""
+    mapping = (
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
+        if method == "ia3"
+        else TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    )
+    targets = mapping.get(architecture)
     if not targets:
         raise ConfigError(
-            f"no default LoRA target modules for architecture '{architecture}'; set "
+            f"no default {method} target modules for architecture '{architecture}'; set "
             f'adapter.target_modules, e.g. adapter.target_modules = ["fc1"]'
         )
     return list(targets)
+
+
+def _peft_config(cfg: AdapterConfig, architecture: str) -> IA3Config | LoraConfig:
+    targets = list(cfg.target_modules) or default_target_modules(architecture, cfg.method)
+    if cfg.method == "ia3":
+        feedforward = TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(architecture, [])
+        return IA3Config(
+            target_modules=targets,
+            feedforward_modules=[m for m in feedforward if m in targets],
+        )
+    return LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+    )
 
 
 def find_head(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
@@ -84,17 +110,24 @@ def apply_adapter(
             p.requires_grad_(False)
         _set_head_trainable(model, task)
         return model
-    targets = list(cfg.target_modules) or default_target_modules(architecture)
-    lora = LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
-        lora_dropout=cfg.dropout,
-        target_modules=targets,
-    )
+    if cfg.method == "bitfit":  # Ben Zaken et al., 2022: train only the bias terms
+        biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+        if not biases:
+            raise ConfigError(
+                f"adapter.method = 'bitfit' trains bias terms, but {type(model).__name__} has "
+                "none (e.g. llama-style models); use 'lora' or 'ia3'"
+            )
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in biases:
+            p.requires_grad_(True)
+        _set_head_trainable(model, task)
+        return model
+    peft_cfg = _peft_config(cfg, architecture)
     try:
-        peft_model = get_peft_model(model, lora)
+        peft_model = get_peft_model(model, peft_cfg)
     except ValueError as err:  # peft: "Target modules {...} not found in the base model"
-        raise ConfigError(f"adapter.target_modules = {targets}: {err}") from err
+        raise ConfigError(f"adapter.target_modules = {peft_cfg.target_modules}: {err}") from err
     base = peft_model.get_base_model()
     _set_head_trainable(base, task)
     return peft_model

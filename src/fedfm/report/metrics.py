@@ -162,7 +162,8 @@ class MetricsLog:
         rounds about to be re-run are not logged twice.
 
         Args:
-            round: The last round to keep (the checkpoint's round; 0 keeps nothing).
+            round: The last round to keep (the checkpoint's round; 0 keeps only the
+                round-0 record of the initial evaluation, if any).
         """
         if not self.path.exists():
             return

@@ -236,15 +236,14 @@ class MLPClassifier(nn.Module):
 
     def __init__(self, input_dim: int, num_labels: int, hidden: int = 64) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(input_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_labels)
-        )
+        self.hidden = nn.Linear(input_dim, hidden)
+        self.classifier = nn.Linear(hidden, num_labels)  # the head, as HF names it
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor | None = None
     ) -> SequenceClassifierOutput:
         """Logits ``(B, num_labels)`` for features ``x`` ``(B, input_dim)``; loss if labels."""
-        logits = self.net(x)
+        logits = self.classifier(torch.relu(self.hidden(x)))
         loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 

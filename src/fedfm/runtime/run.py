@@ -2,7 +2,8 @@
 
 The folder holds the resolved ``config.toml``, ``metrics.jsonl`` (a record per round, written
 as each round ends), ``checkpoint.pt`` (atomic, every ``checkpoint.every`` rounds),
-and at the end ``summary.json``, ``curves.png``, ``adapter.safetensors`` and a model card.
+and at the end ``summary.json``, ``curves.png``, ``adapter.safetensors`` (a personalised run:
+``clients/ID.safetensors``, one per client) and a model card.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from fedfm.runtime.checkpoint import (
     save_checkpoint,
 )
 from fedfm.runtime.job import Job, build_job
-from fedfm.runtime.simulation import RoundState, run_round
+from fedfm.runtime.simulation import RoundState, initial_record, run_round
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -46,6 +47,8 @@ def round_line(record: dict[str, Any], rounds: int) -> str:
     parts = [f"round {record['round']:>3}/{rounds}"]
     for key, label in (
         ("test_accuracy", "acc"),
+        ("client_accuracy_mean", "client acc"),
+        ("client_perplexity_mean", "client ppl"),
         ("test_macro_f1", "f1"),
         ("test_perplexity", "ppl"),
         ("test_loss", "loss"),
@@ -53,13 +56,14 @@ def round_line(record: dict[str, Any], rounds: int) -> str:
     ):
         if key in record:
             parts.append(f"{label} {record[key]:.4f}")
-    parts.append(f"train_loss {record['train_loss']:.4f}")
+    if "train_loss" in record:
+        parts.append(f"train_loss {record['train_loss']:.4f}")
     parts.append(f"sent {_mb(record['bytes_down'] + record['bytes_up'])}")
     parts.append(
         f"(cum {_mb(record['cum_bytes'])} vs full model {_mb(record['full_model_cum_bytes'])})"
     )
     parts.append(f"{record['seconds']:.1f} s")
-    if record["excluded"]:
+    if record.get("excluded"):
         parts.append(f"[excluded {len(record['excluded'])}]")
     return "  ".join(parts)
 
@@ -125,13 +129,15 @@ def _summary(
     job: Job, state: RoundState, records: list[dict[str, Any]], wall: float
 ) -> dict[str, Any]:
     cfg, metric = job.cfg, job.task.main_metric
-    evaluated = [r for r in records if f"test_{metric}" in r]
+    # a personalised run (local) has no global model: its headline is the client mean
+    key = f"client_{metric}_mean" if job.strategy.personalized else f"test_{metric}"
+    evaluated = [r for r in records if key in r and r["round"] > 0]
     final = (
         {k: v for k, v in evaluated[-1].items() if k.startswith(("test_", "client_"))}
         if evaluated
         else {}
     )
-    values = [r[f"test_{metric}"] for r in evaluated]
+    values = [r[key] for r in evaluated if r[key] is not None]  # NaN is logged as null
     best = (max(values) if job.task.higher_is_better else min(values)) if values else None
     return {
         "name": cfg.run_name,
@@ -145,7 +151,7 @@ def _summary(
         "num_clients": len(job.federation),
         "rounds_completed": state.round,
         "final": final,
-        f"best_test_{metric}": best,
+        f"best_{key}": best,
         "total_bytes": state.cum_bytes,
         "full_model_total_bytes": state.full_model_cum_bytes,
         "wall_seconds": wall,
@@ -161,13 +167,22 @@ def _finish(job: Job, run_dir: Path, state: RoundState, wall: float) -> dict[str
     summary = _summary(job, state, records, wall)
     atomic_write_json(run_dir / "summary.json", summary)
     plot_curves(records, run_dir / "curves.png", title=job.cfg.run_name)
-    save_params_file(
-        run_dir / "adapter.safetensors",
-        state.global_params,
-        backbone=job.backbone,
-        model=job.cfg.model.name,
-        adapter=job.cfg.adapter.method,
-    )
+    meta = {"model": job.cfg.model.name, "adapter": job.cfg.adapter.method}
+    if job.strategy.personalized:  # no global model: each client's own params
+        for client in job.federation.clients:
+            params = job.strategy.personal_params(
+                state.global_params, state.client_states.get(client.id, {})
+            )
+            save_params_file(
+                run_dir / "clients" / f"{client.id}.safetensors",
+                params,
+                backbone=job.backbone,
+                **meta,
+            )
+    else:
+        save_params_file(
+            run_dir / "adapter.safetensors", state.global_params, backbone=job.backbone, **meta
+        )
     write_model_card(run_dir, summary=summary, config_toml=to_toml(job.cfg))
     return summary
 
@@ -202,6 +217,11 @@ def execute(
         f" of {job.total_params:,} params · backbone {job.backbone} · {cfg.strategy.name}",
         soft_wrap=True,
     )
+    if cfg.eval.initial and state.round == 0:
+        with console.status("evaluating the initial model ..."):
+            record = initial_record(job, state)
+        log.append(record)
+        console.print(round_line(record, cfg.rounds), soft_wrap=True, highlight=False)
     cohort = job.strategy.cohort_size(len(job.federation))
     with Progress(
         TextColumn("{task.description}"),

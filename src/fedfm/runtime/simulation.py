@@ -8,6 +8,10 @@ A round, as one readable template:
    update (bytes up counted); a client that fails or returns NaN/Inf is recorded and excluded;
 4. aggregate the valid updates into new global params;
 5. evaluate on the global test set (and optionally on every client's held-out split).
+
+The reference strategies bend the template without a second loop: ``centralized`` trains
+one pooled client per round, ``local`` keeps every client's own params and is evaluated
+client by client; neither counts bytes, since nothing travels.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from fedfm.data.federation import ClientData
 from fedfm.errors import FedFMError
 from fedfm.models.params import Params, payload_bytes, set_params
 from fedfm.runtime.job import Job
-from fedfm.strategies.aggregate import non_finite, subtract
+from fedfm.strategies.aggregate import mean_pairwise_cosine, non_finite, subtract
 from fedfm.strategies.base import Update
 
 
@@ -59,7 +63,8 @@ def fit_client(
 ) -> tuple[Update, Params]:
     """Run one client's local training: returns its update and its new client state."""
     cfg = job.cfg
-    set_params(job.model, global_params)
+    start = job.strategy.client_start(global_params, client_state)
+    set_params(job.model, start)
     hooks = job.strategy.client_hooks(global_params, payload, client_state)
     # dropout; the CPU generator alone: torch.manual_seed costs ~200x more per call
     torch.default_generator.manual_seed(client_seed(cfg.seed, round_, client.id, 0))
@@ -77,7 +82,7 @@ def fit_client(
     extras, new_state = job.strategy.client_finish(
         global_params, result.params, payload, client_state, steps=result.steps, lr=cfg.client.lr
     )
-    delta = subtract(result.params, global_params)
+    delta = subtract(result.params, start)
     update = Update(
         client_id=client.id,
         delta=delta,
@@ -98,14 +103,23 @@ def evaluate_global(job: Job, params: Params) -> dict[str, float]:
     )
 
 
-def evaluate_clients(job: Job, params: Params) -> dict[str, float]:
-    """Mean and worst-10% of every client's metric on its own held-out split."""
-    set_params(job.model, params)
+def evaluate_clients(
+    job: Job, params: Params, client_states: dict[int, Params] | None = None
+) -> dict[str, float]:
+    """Mean and worst-10% of every client's metric on its own held-out split.
+
+    Each client is evaluated with ``strategy.personal_params`` (the global ``params``
+    unless the strategy is personalised).
+    """
+    client_states = client_states or {}
     metric = job.task.main_metric
     values = []
     for client in job.federation.clients:
         if len(client.eval) == 0:
             continue
+        set_params(
+            job.model, job.strategy.personal_params(params, client_states.get(client.id, {}))
+        )
         result = job.task.evaluate(
             job.model,
             batches(
@@ -125,6 +139,36 @@ def evaluate_clients(job: Job, params: Params) -> dict[str, float]:
     }
 
 
+def evaluate_round(job: Job, state: RoundState) -> dict[str, float]:
+    """The evaluation part of a round's record: global test set and/or every client's split."""
+    record: dict[str, float] = {}
+    if not job.strategy.personalized:  # a personalised run has no single global model
+        record.update(
+            {f"test_{k}": v for k, v in evaluate_global(job, state.global_params).items()}
+        )
+    if job.cfg.eval.per_client or job.strategy.personalized:
+        record.update(evaluate_clients(job, state.global_params, state.client_states))
+    return record
+
+
+def initial_record(job: Job, state: RoundState) -> dict[str, Any]:
+    """Round 0: the model before any training (for an FM: zero-shot), nothing sent yet."""
+    start = time.perf_counter()
+    record: dict[str, Any] = {
+        "round": 0,
+        "cohort": [],
+        "num_examples": 0,
+        "bytes_down": 0,
+        "bytes_up": 0,
+        "cum_bytes": 0,
+        "full_model_cum_bytes": 0,
+        "excluded": [],
+    }
+    record.update(evaluate_round(job, state))
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
 def run_round(
     job: Job, state: RoundState, *, on_client: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
@@ -134,14 +178,22 @@ def run_round(
     start = time.perf_counter()
     cohort = strategy.select(round_, len(job.federation), seed=cfg.seed)
     payload = strategy.payload(round_)
-    bytes_down = payload_bytes({**state.global_params, **payload}) * len(cohort)
+    clients = (
+        [job.federation.pooled()] if strategy.pooled else [job.federation[cid] for cid in cohort]
+    )
+    bytes_down = (
+        payload_bytes({**state.global_params, **payload}) * len(cohort)
+        if strategy.communicates
+        else 0
+    )
 
     updates, excluded = [], []
-    for cid in cohort:
+    for client in clients:
+        cid = client.id
         try:
             update, new_state = fit_client(
                 job,
-                job.federation[cid],
+                client,
                 state.global_params,
                 payload,
                 state.client_states.get(cid, {}),
@@ -165,12 +217,13 @@ def run_round(
     elif round_ == 1:
         raise FedFMError(f"every client of round 1 failed: {excluded}")
     state.round = round_
-    bytes_up = sum(u.bytes_up for u in updates)
+    bytes_up = sum(u.bytes_up for u in updates) if strategy.communicates else 0
     state.cum_bytes += bytes_down + bytes_up
-    state.full_model_cum_bytes += 2 * job.full_model_bytes * len(cohort)
+    if strategy.communicates:
+        state.full_model_cum_bytes += 2 * job.full_model_bytes * len(cohort)
     record: dict[str, Any] = {
         "round": round_,
-        "cohort": cohort,
+        "cohort": [c.id for c in clients],
         "num_examples": sum(u.num_examples for u in updates),
         "train_loss": (
             float(
@@ -188,11 +241,9 @@ def run_round(
         "full_model_cum_bytes": state.full_model_cum_bytes,
         "excluded": excluded,
     }
+    if len(updates) >= 2:  # client drift: how aligned the cohort's updates are
+        record["update_cosine"] = mean_pairwise_cosine([u.delta for u in updates])
     if round_ % cfg.eval.every == 0 or round_ == cfg.rounds:
-        record.update(
-            {f"test_{k}": v for k, v in evaluate_global(job, state.global_params).items()}
-        )
-        if cfg.eval.per_client:
-            record.update(evaluate_clients(job, state.global_params))
+        record.update(evaluate_round(job, state))
     record["seconds"] = time.perf_counter() - start
     return record

@@ -1,6 +1,11 @@
 """Federated strategies: one algorithm per module, both halves in one class."""
 
-from fedfm.strategies import fedavg, fedopt, scaffold  # noqa: F401  (registers them)
+from fedfm.strategies import (  # noqa: F401  (registers them)
+    baselines,
+    fedavg,
+    fedopt,
+    scaffold,
+)
 from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update
 
 __all__ = ["STRATEGIES", "LocalHooks", "Strategy", "Update"]

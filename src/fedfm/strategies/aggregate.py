@@ -59,3 +59,33 @@ def non_finite(params: Params) -> list[str]:
     if bool(torch.isfinite(flat).all()):
         return []
     return [k for k, v in params.items() if not torch.isfinite(v).all()]
+
+
+def gram(deltas: Sequence[Params]) -> torch.Tensor:
+    """The ``k x k`` matrix of inner products between ``k`` params dicts, in float64.
+
+    Accumulated tensor by tensor, so no dict is ever flattened into one long vector.
+    """
+    k = len(deltas)
+    g = torch.zeros(k, k, dtype=torch.float64)
+    for name in deltas[0]:
+        block = torch.stack([d[name].reshape(-1).to(torch.float64) for d in deltas])
+        g += block @ block.T
+    return g
+
+
+def mean_pairwise_cosine(deltas: Sequence[Params]) -> float:
+    """Mean cosine similarity over all pairs of client updates (client drift: 1 = aligned).
+
+    Example:
+        >>> a, b = {"w": torch.tensor([1.0, 0.0])}, {"w": torch.tensor([0.0, 2.0])}
+        >>> mean_pairwise_cosine([a, a, b])  # pairs: (a,a)=1, (a,b)=0, (a,b)=0
+        0.3333333333333333
+    """
+    if len(deltas) < 2:
+        raise ValueError(f"mean_pairwise_cosine needs at least 2 updates, got {len(deltas)}")
+    g = gram(deltas)
+    norms = g.diagonal().sqrt().clamp_min(1e-30)
+    cos = g / norms[:, None] / norms[None, :]
+    iu = torch.triu_indices(len(deltas), len(deltas), offset=1)
+    return float(cos[iu[0], iu[1]].mean())

@@ -59,9 +59,21 @@ class Update:
 
 
 class Strategy(ABC):
-    """Base class: seeded cohort selection and the no-op client half."""
+    """Base class: seeded cohort selection and the no-op client half.
+
+    Attributes:
+        communicates: ``False`` for the no-federation baselines (nothing travels, so no
+            bytes are counted).
+        pooled: the round trains one client that holds every client's training data
+            (the centralised ceiling).
+        personalized: each client keeps its own params (``personal_params``); such a run
+            is evaluated on every client's held-out split with that client's params.
+    """
 
     name: str = ""
+    communicates: bool = True
+    pooled: bool = False
+    personalized: bool = False
 
     def __init__(self, cfg: StrategyConfig, *, num_clients: int = 1) -> None:
         self.cfg = cfg
@@ -97,6 +109,14 @@ class Strategy(ABC):
         del state
 
     # ------------------------------------------------------------------ client half
+    def client_start(self, global_params: Params, client_state: Params) -> Params:
+        """The params a client starts local training from (the global params by default)."""
+        return global_params
+
+    def personal_params(self, global_params: Params, client_state: Params) -> Params:
+        """The params a client is evaluated with (the global params by default)."""
+        return global_params
+
     def client_hooks(
         self, global_params: Params, payload: Params, client_state: Params
     ) -> LocalHooks:

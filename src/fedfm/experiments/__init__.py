@@ -1,0 +1,11 @@
+"""Reproducible experiments behind fedfm's claims: ``fedfm exp NAME [--quick]``."""
+
+from fedfm.experiments import (  # noqa: F401  (registers them)
+    e1_federation,
+    e2_init,
+    e3_adapters,
+)
+from fedfm.experiments.base import EXPERIMENTS, Arm, ArmResult, Experiment
+from fedfm.experiments.runner import run_experiment
+
+__all__ = ["EXPERIMENTS", "Arm", "ArmResult", "Experiment", "run_experiment"]
