@@ -47,13 +47,19 @@ def _exact_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
 
     hess = torch.autograd.functional.hessian(loss_of, flat)
     eigs = torch.linalg.eigvalsh(hess)
-    return float(eigs[eigs.abs().argmax()])
+    return float(eigs.max())
 
 
 def test_quadratic_matches_known_max_eigenvalue() -> None:
     model = Quadratic(_psd_matrix(EIGS))
     eig = top_hessian_eigenvalue(model, model, iters=200, tol=1e-8)
     assert eig == pytest.approx(max(EIGS), rel=1e-3)
+
+
+def test_negative_curvature_dominant_still_gives_the_largest_eigenvalue() -> None:
+    eigs = [-9.0, 4.0, 1.0, 0.5]  # power iteration alone would converge to -9
+    model = Quadratic(_psd_matrix(eigs))
+    assert top_hessian_eigenvalue(model, model, iters=300, tol=1e-9) == pytest.approx(4.0, rel=1e-3)
 
 
 def test_quadratic_default_settings_close() -> None:

@@ -52,7 +52,7 @@ def top_hessian_eigenvalue(
     tol: float = 1e-3,
     seed: int = 0,
 ) -> float:
-    """Estimate the largest-magnitude eigenvalue of the loss Hessian w.r.t. trainable params.
+    """Estimate the largest eigenvalue of the loss Hessian w.r.t. the trainable params.
 
     This is the "top Hessian eigenvalue at initialisation" used by experiment E2, following
     Nguyen et al., "Where to Begin? On the Impact of Pre-Training and Initialization in
@@ -74,8 +74,12 @@ def top_hessian_eigenvalue(
         tol: Stop once the relative change of the Rayleigh quotient falls below this.
         seed: Seed of the random start vector.
 
+    Plain power iteration finds the eigenvalue of largest *magnitude*; when that one is
+    negative (a saddle-shaped start), a second power iteration on ``H - lambda I`` (all of
+    whose eigenvalues are >= 0) finds the largest algebraic eigenvalue.
+
     Returns:
-        The Rayleigh quotient ``v·Hv`` of the final unit iterate ``v``.
+        The Rayleigh quotient of the final unit iterate for the largest eigenvalue.
 
     Raises:
         ValueError: If the model has no trainable parameters or ``iters`` < 1.
@@ -88,27 +92,33 @@ def top_hessian_eigenvalue(
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        return _power_iteration(params, loss_fn, iters=iters, tol=tol, seed=seed)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
+        eig = _power_iteration(grads, params, iters=iters, tol=tol, seed=seed)
+        if eig < 0:
+            eig += _power_iteration(grads, params, iters=iters, tol=tol, seed=seed, shift=eig)
+        return eig
     finally:
         for module, training in modes:
             module.training = training
 
 
 def _power_iteration(
+    grads: Sequence[torch.Tensor],
     params: Sequence[torch.Tensor],
-    loss_fn: Callable[[], torch.Tensor],
     *,
     iters: int,
     tol: float,
     seed: int,
+    shift: float = 0.0,
 ) -> float:
-    with torch.enable_grad():
-        loss = loss_fn()
-        grads = torch.autograd.grad(loss, params, create_graph=True)
+    """The largest-magnitude eigenvalue of ``H - shift * I``."""
     vec = _random_start(params, seed)
     eig = 0.0
     for step in range(iters):
         hv = _hvp(grads, params, vec)
+        if shift:
+            hv = [h - shift * v for h, v in zip(hv, vec, strict=True)]
         new_eig = _dot(vec, hv)
         converged = step > 0 and abs(new_eig - eig) <= tol * max(abs(new_eig), 1e-12)
         eig = new_eig
