@@ -276,7 +276,7 @@ def _report(results: list[ArmResult], measurements: Mapping[str, Any], out_dir: 
     def mean_acc(*g: Any) -> float:
         return mean_std([_acc(r) for r in groups.get(g, [])])[0]
 
-    gap_rows, checks = [], []
+    gap_rows: list[list[Any]] = []
     helps = []
     for d in datasets:
         for split in SPLITS:
