@@ -1,10 +1,9 @@
 """``eval.initial``: a round-0 record that evaluates the model before any training."""
 
-import json
-
 from rich.console import Console
 
 from fedfm.config import load_config
+from fedfm.report.metrics import read_records
 from fedfm.runtime.job import build_job
 from fedfm.runtime.run import execute, prepare_run_dir, resume_config
 from fedfm.runtime.simulation import (
@@ -30,7 +29,7 @@ def _cfg(tmp_path, *extra):
 
 
 def _records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_records(run_dir / "metrics.jsonl")
 
 
 def _run(cfg, **kwargs):

@@ -1,13 +1,12 @@
 """The simulation on digits + MLP (fast): resume equality, exclusion of bad updates, bytes."""
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from fedfm.config import load_config
 from fedfm.models.params import payload_bytes
+from fedfm.report.metrics import read_records
 from fedfm.runtime import simulation
 from fedfm.runtime.job import build_job
 from fedfm.runtime.run import execute, prepare_run_dir, resume_config
@@ -29,7 +28,7 @@ def _cfg(tmp_path, *extra):
 
 
 def _records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_records(run_dir / "metrics.jsonl")
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedadam", "scaffold"])

@@ -1,7 +1,5 @@
 """The no-federation references: ``local`` (each client alone) and ``centralized`` (pooled)."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -9,6 +7,7 @@ from rich.console import Console
 
 from fedfm.config import StrategyConfig, load_config
 from fedfm.data.federation import ClientData, Federation
+from fedfm.report.metrics import read_records
 from fedfm.runtime import simulation
 from fedfm.runtime.checkpoint import load_checkpoint
 from fedfm.runtime.job import build_job
@@ -33,7 +32,7 @@ def _cfg(tmp_path, *extra):
 
 
 def _records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_records(run_dir / "metrics.jsonl")
 
 
 def _clone(params):

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedfm.experiments.analysis import final, fmt, md_table, plot_panels
 from fedfm.experiments.base import EXPERIMENTS, Arm, ArmResult, Experiment
+from fedfm.strategies import STRATEGIES
 
 ARMS: dict[str, tuple[str, ...]] = {
     "local": ("strategy.name=local",),
@@ -137,16 +138,14 @@ def _part(part: str, metric: str, lower: bool, runs: Mapping[str, ArmResult], ou
         ]
     ]
     for arm, r in runs.items():
-        sent = r.summary["total_bytes"] / 1e6 if r.summary["total_bytes"] else 0.0
+        communicates = STRATEGIES.get(r.config.strategy.name).communicates
         rows.append(
             [
                 arm,
                 fmt(final(r.records, mean_key)),
                 fmt(final(r.records, worst_key)),
                 fmt(final(r.records, f"test_{metric}")),
-                f"{sent:,.1f}"
-                if r.config.strategy.name not in ("local", "centralized")
-                else "0 (nothing travels)",
+                f"{r.summary['total_bytes'] / 1e6:,.1f}" if communicates else "0 (nothing travels)",
             ]
         )
     table = md_table(

@@ -56,9 +56,10 @@ def run_arm(arm: Arm, runs_dir: Path, console: Console) -> ArmResult:
     cfg = arm_config(arm, runs_dir)
     run_dir = runs_dir / arm.name
     summary_path = run_dir / "summary.json"
-    if _same_config(run_dir, cfg) and summary_path.is_file():
+    same = _same_config(run_dir, cfg)
+    if same and summary_path.is_file():
         console.print(f"[dim]reusing finished run {run_dir}[/]")
-    elif _same_config(run_dir, cfg) and (run_dir / CHECKPOINT_FILE).is_file():
+    elif same and (run_dir / CHECKPOINT_FILE).is_file():
         execute(cfg, run_dir=run_dir, resume=True, console=console)
     else:
         execute(cfg, run_dir=prepare_run_dir(cfg, overwrite=True), console=console)

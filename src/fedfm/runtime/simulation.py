@@ -114,12 +114,14 @@ def evaluate_clients(
     client_states = client_states or {}
     metric = job.task.main_metric
     values = []
+    loaded: Params | None = None
     for client in job.federation.clients:
         if len(client.eval) == 0:
             continue
-        set_params(
-            job.model, job.strategy.personal_params(params, client_states.get(client.id, {}))
-        )
+        personal = job.strategy.personal_params(params, client_states.get(client.id, {}))
+        if personal is not loaded:  # the global params are swapped in once, not per client
+            set_params(job.model, personal)
+            loaded = personal
         result = job.task.evaluate(
             job.model,
             batches(
