@@ -82,6 +82,7 @@ def _cmd_exp(args: argparse.Namespace, console: Console) -> None:
         out_dir=Path(args.out) if args.out else None,
         runs_dir=Path(args.runs) if args.runs else None,
         only=args.only,
+        remeasure=args.remeasure,
         console=console,
     )
 
@@ -139,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", help="report folder (default experiments/NAME; quick: runs/...)")
     exp.add_argument("--runs", help="where the arms' run folders go")
     exp.add_argument("--only", metavar="GLOB", help="run only the arms matching GLOB, no report")
+    exp.add_argument(
+        "--remeasure", action="store_true", help="redo the measurements even if cached"
+    )
     exp.set_defaults(func=_cmd_exp)
 
     lst = sub.add_parser("list", help="registered datasets, models, partitions and strategies")

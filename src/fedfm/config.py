@@ -52,6 +52,7 @@ class AdapterConfig:
     alpha: float = 16.0  # LoRA scaling alpha (scale = alpha / rank)
     dropout: float = 0.0  # LoRA dropout
     target_modules: tuple[str, ...] = ()  # empty = per-architecture default
+    freeze_a: bool = False  # LoRA: A stays at its shared init; only B trains and travels (FFA)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,20 @@ class StrategyConfig:
     beta1: float = 0.9  # fedadam / fedyogi / fedadagrad first moment
     beta2: float = 0.99  # fedadam / fedyogi second moment
     tau: float = 1e-3  # fedopt adaptivity (epsilon)
+    # flora: true = re-project the exact mean of LoRA products to adapter.rank by SVD;
+    # false = merge it into the frozen weights exactly and restart LoRA from (A0, 0)
+    reproject: bool = True
+    # params each client keeps to itself (personalisation): name fragments such as
+    # "lora_B" (FedSA-LoRA) or "head" (the task head, FedPer-style); [] = all shared
+    personal: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    method: str = "none"  # what clients upload: none | quantize (stochastic b-bit) | topk
+    bits: int = 8  # quantize: bits per value (1, 2, 4 or 8)
+    fraction: float = 0.1  # topk: share of each tensor's entries kept
+    error_feedback: bool = True  # carry what compression lost into the client's next upload
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,7 @@ class RunConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -170,6 +186,8 @@ _CHOICES = {
     "backend": ("simulation",),
     "adapter.method": ("lora", "ia3", "bitfit", "head", "full"),
     "client.optimizer": ("adamw", "adam", "sgd"),
+    "compression.method": ("none", "quantize", "topk"),
+    "compression.bits": (1, 2, 4, 8),
 }
 
 
@@ -197,8 +215,16 @@ def _range_problems(cfg: RunConfig) -> list[str]:
         elif key in _UNIT_INTERVAL and not 0 <= value < 1:
             problems.append(f"{key} = {value!r} must be in [0, 1)")
         elif key in _CHOICES and value not in _CHOICES[key]:
-            hint = closest(str(value), _CHOICES[key])
+            hint = closest(str(value), [str(c) for c in _CHOICES[key]])
             problems.append(f"{key} = {value!r} is not one of {_CHOICES[key]}.{hint}")
+    if not 0 < flat["compression.fraction"] <= 1:
+        value = flat["compression.fraction"]
+        problems.append(f"compression.fraction = {value!r} must be in (0, 1]")
+    if flat["adapter.freeze_a"] and flat["adapter.method"] != "lora":
+        problems.append(
+            f"adapter.freeze_a = true freezes LoRA's A, but adapter.method = "
+            f"{flat['adapter.method']!r}: set adapter.method = 'lora' or drop freeze_a"
+        )
     if not 0 < flat["strategy.fraction"] <= 1:
         problems.append(f"strategy.fraction = {flat['strategy.fraction']!r} must be in (0, 1]")
     if not 0 <= flat["data.client_eval_fraction"] < 1:

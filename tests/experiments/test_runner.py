@@ -220,6 +220,51 @@ def test_quick_report_carries_the_quick_note(done, tmp_path, monkeypatch):
     assert results["measurements"]["quick"] is True
 
 
+def _copy_runs(src: Path, dst: Path) -> Path:
+    """The finished arm runs of ``src`` under ``dst``, their configs pointed at ``dst``."""
+    for arm in ARMS:
+        (dst / arm).mkdir(parents=True)
+        for f in (src / arm).iterdir():
+            if f.is_file():
+                (dst / arm / f.name).write_bytes(f.read_bytes())
+        toml = dst / arm / "config.toml"
+        toml.write_text(toml.read_text().replace(str(src), str(dst)))
+    return dst
+
+
+def test_measurements_are_cached_until_remeasure(done, tmp_path, monkeypatch):
+    _forbid_runs(monkeypatch)
+    calls = []
+    real = TinyExperiment.measure
+
+    def counting(self, quick, work_dir):
+        calls.append(quick)
+        return {**real(self, quick, work_dir), "nan": float("nan")}
+
+    monkeypatch.setattr(TinyExperiment, "measure", counting)
+    runs = _copy_runs(done.runs, tmp_path / "runs")  # so the cache starts empty
+    _run(tmp_path / "a", runs)
+    _run(tmp_path / "b", runs)
+    assert calls == [False]  # the second report reused the first one's measurements
+    assert _results(tmp_path / "b")["measurements"] == _results(tmp_path / "a")["measurements"]
+    assert _results(tmp_path / "b")["measurements"]["nan"] is None
+    _run(tmp_path / "c", runs, remeasure=True)
+    _run(tmp_path / "d", runs, quick=True)  # other arms (here: quick) are measured afresh
+    assert calls == [False, False, True]
+
+
+def test_a_run_made_before_a_config_key_existed_is_reused(done, tmp_path, monkeypatch):
+    """config.toml files written by an older fedfm lack newer keys: still the same config."""
+    _forbid_runs(monkeypatch)
+    runs = _copy_runs(done.runs, tmp_path / "runs")
+    for arm in ARMS:
+        toml = (runs / arm / "config.toml").read_text()
+        old = re.sub(r"\n\[compression\][^\[]*", "\n", toml)
+        assert old != toml
+        (runs / arm / "config.toml").write_text(old)
+    _run(tmp_path / "out", runs)  # _forbid_runs: nothing is re-run
+
+
 # ---------------------------------------------------------------- redo, resume, --only
 
 

@@ -61,10 +61,10 @@ def test_non_finite_update_is_excluded_and_round_goes_on(tmp_path, monkeypatch):
     real_fit = simulation.fit_client
 
     def fit(job, client, *args):
-        update, new_state = real_fit(job, client, *args)
+        outcome = real_fit(job, client, *args)
         if client.id == poisoned:
-            update.delta[next(iter(update.delta))][0] = float("nan")
-        return update, new_state
+            outcome.update.delta[next(iter(outcome.update.delta))][0] = float("nan")
+        return outcome
 
     monkeypatch.setattr(simulation, "fit_client", fit)
     record = run_round(job, state)

@@ -165,11 +165,11 @@ def test_local_round_two_starts_from_each_clients_round_one_params(tmp_path, mon
     deltas: dict[tuple[int, int], dict] = {}
     real_start, real_fit = job.strategy.client_start, simulation.fit_client
 
-    def fit(job, client, global_params, payload, client_state, round_):
+    def fit(job, client, global_params, payload, state, round_):
         current.update(round=round_, client=client.id)
-        update, new_state = real_fit(job, client, global_params, payload, client_state, round_)
-        deltas[(round_, client.id)] = _clone(update.delta)
-        return update, new_state
+        outcome = real_fit(job, client, global_params, payload, state, round_)
+        deltas[(round_, client.id)] = _clone(outcome.update.delta)
+        return outcome
 
     def client_start(global_params, client_state):
         out = real_start(global_params, client_state)
@@ -228,9 +228,9 @@ def test_centralized_trains_one_pooled_update_per_round(tmp_path, monkeypatch):
     real_fit = simulation.fit_client
 
     def fit(job, client, *args):
-        update, new_state = real_fit(job, client, *args)
-        seen.append((client.id, client.name, update.num_examples))
-        return update, new_state
+        outcome = real_fit(job, client, *args)
+        seen.append((client.id, client.name, outcome.update.num_examples))
+        return outcome
 
     monkeypatch.setattr(simulation, "fit_client", fit)
     state = RoundState(round=0, global_params=job.initial_params)

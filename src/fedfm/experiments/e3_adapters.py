@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedfm.experiments.analysis import final, fmt, md_table, mean_std, plot_panels
+from fedfm.experiments.analysis import final, fmt, md_table, plot_panels
 from fedfm.experiments.base import EXPERIMENTS, Arm, ArmResult, Experiment
 from fedfm.experiments.probe import probe_client_cost
 
@@ -107,7 +107,6 @@ class AdaptersExperiment(Experiment):
             cost = measurements.get(m, {})
             mb = r1.summary["total_bytes"] / 1e6
             accs = [final(r.records, "test_accuracy") for r in (r1, r2)]
-            secs = mean_std([rec["seconds"] for rec in r1.records])[0]
             rows.append(
                 [
                     m,
@@ -120,7 +119,6 @@ class AdaptersExperiment(Experiment):
                     f"{100 * (accs[1] - full_acc[0.1]):+.1f}",
                     f"{cost.get('client_peak_bytes', float('nan')) / 1e6:,.0f}",
                     f"{cost.get('client_seconds', float('nan')):.2f}",
-                    f"{secs:.1f}",
                 ]
             )
         table = md_table(
@@ -135,7 +133,6 @@ class AdaptersExperiment(Experiment):
                 "vs full (pts)",
                 "client peak MB",
                 "client train s",
-                "s / round",
             ],
             rows,
         )
@@ -151,8 +148,8 @@ rounds, {cfg.client.epochs} local epoch(s), batch {cfg.client.batch_size}, AdamW
 {cfg.data.max_test_examples or "all"} examples. One seed ({cfg.seed}).
 Client peak memory and client seconds come from a separate probe per method (a fresh
 process trains client 0 of the alpha 1.0 split: peak memory over its first pass, seconds
-of its second); "s / round"
-is the mean wall time of a round in the run (training of the cohort plus evaluation).
+of its second), with nothing else running. The runs' own round times are not reported:
+they shared the machine with other work.
 
 ## Accuracy against bytes
 

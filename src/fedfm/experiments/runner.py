@@ -16,6 +16,7 @@ with a checkpoint is resumed; so an interrupted experiment continues where it st
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import math
 import time
@@ -25,7 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from fedfm.config import RunConfig, load_config, to_dict, to_toml
-from fedfm.errors import FedFMError
+from fedfm.errors import ConfigError, FedFMError
 from fedfm.experiments.base import EXPERIMENTS, Arm, ArmResult, Experiment
 from fedfm.io import atomic_write_json, atomic_write_text
 from fedfm.report.metrics import read_records
@@ -47,8 +48,15 @@ def arm_config(arm: Arm, runs_dir: Path) -> RunConfig:
 
 
 def _same_config(run_dir: Path, cfg: RunConfig) -> bool:
+    """Whether the run in ``run_dir`` used ``cfg`` (compared as resolved configs, so a key added
+    to fedfm later, at its default, does not invalidate earlier runs)."""
     path = run_dir / CONFIG_FILE
-    return path.is_file() and path.read_text() == to_toml(cfg)
+    if not path.is_file():
+        return False
+    try:
+        return load_config(path) == cfg
+    except ConfigError:  # written by a fedfm whose keys no longer exist
+        return False
 
 
 def run_arm(arm: Arm, runs_dir: Path, console: Console) -> ArmResult:
@@ -88,6 +96,7 @@ def run_experiment(
     out_dir: Path | None = None,
     runs_dir: Path | None = None,
     only: str | None = None,
+    remeasure: bool = False,
     console: Console | None = None,
 ) -> Path:
     """Run experiment ``name`` and write its report; returns the path of ``report.md``.
@@ -95,6 +104,8 @@ def run_experiment(
     Args:
         only: a glob over arm names: run just those arms and skip the report (to spread a
             long experiment over several sessions or machines).
+        remeasure: run the measurements again even if ``runs_dir`` holds them for the same
+            arms (they are cached there, so re-rendering a report is cheap).
     """
     console = console or Console()
     experiment: Experiment = EXPERIMENTS.get(name, field="experiment")()
@@ -114,7 +125,7 @@ def run_experiment(
         console.print(f"ran {len(results)} arms of {name}; run without --only for the report")
         return out_dir / "report.md"
     console.rule(f"{name} · measurements and report")
-    measurements = experiment.measure(quick, runs_dir)
+    measurements = _measure(experiment, arms, quick, runs_dir, remeasure, console)
     out_dir.mkdir(parents=True, exist_ok=True)
     body = experiment.report(results, measurements, out_dir, quick=quick)
     wall = time.perf_counter() - started
@@ -123,6 +134,42 @@ def run_experiment(
     atomic_write_text(report, _assemble(experiment, body, out_dir, quick=quick))
     console.print(f"{name}: {len(results)} arms in {wall:.0f} s → {report}")
     return report
+
+
+MEASUREMENTS_FILE = "measurements.json"
+
+
+def _measure(
+    experiment: Experiment,
+    arms: list[Arm],
+    quick: bool,
+    runs_dir: Path,
+    remeasure: bool,
+    console: Console,
+) -> dict[str, Any]:
+    """The experiment's measurements, from ``runs_dir``'s cache when made for the same arms."""
+    arms_key = repr((quick, [(a.name, a.overrides) for a in arms]))
+    key = hashlib.sha256(arms_key.encode()).hexdigest()
+    path = runs_dir / MEASUREMENTS_FILE
+    if path.is_file() and not remeasure:
+        cached = json.loads(path.read_text())
+        if cached.get("arms_key") == key:
+            console.print(f"[dim]reusing measurements in {path} (--remeasure to redo)[/]")
+            return _nan_from_null(cached["measurements"])
+    measurements = experiment.measure(quick, runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"arms_key": key, "measurements": _null_nan(measurements)})
+    return measurements
+
+
+def _nan_from_null(value: Any) -> Any:
+    if value is None:
+        return float("nan")
+    if isinstance(value, dict):
+        return {k: _nan_from_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_from_null(v) for v in value]
+    return value
 
 
 def write_results(

@@ -128,6 +128,44 @@ def apply_adapter(
         peft_model = get_peft_model(model, peft_cfg)
     except ValueError as err:  # peft: "Target modules {...} not found in the base model"
         raise ConfigError(f"adapter.target_modules = {peft_cfg.target_modules}: {err}") from err
+    if cfg.freeze_a:  # FFA-LoRA (Sun et al., ICLR 2024): A stays at its seeded init
+        for name, p in peft_model.named_parameters():
+            if ".lora_A." in name:
+                p.requires_grad_(False)
     base = peft_model.get_base_model()
     _set_head_trainable(base, task)
     return peft_model
+
+
+def match_params(names: list[str], patterns: tuple[str, ...], *, field: str) -> frozenset[str]:
+    """The param names that ``patterns`` pick: ``"head"`` is the task head (any of
+    ``HEAD_NAMES`` as a name segment), any other pattern a fragment of the name
+    (``"lora_B"``, ``"layer.5."``).
+
+    Raises:
+        ConfigError: a pattern that matches no trainable tensor (naming ``field``).
+
+    Example:
+        >>> sorted(match_params(["q.lora_A.w", "q.lora_B.w", "classifier.w"], ("head",),
+        ...                     field="strategy.personal"))
+        ['classifier.w']
+    """
+    picked: set[str] = set()
+    for pattern in patterns:
+        if pattern == "head":
+            hits = {n for n in names if set(n.split(".")) & set(HEAD_NAMES)}
+        else:
+            hits = {n for n in names if pattern in n}
+        if not hits:
+            raise ConfigError(
+                f"{field} = {list(patterns)}: '{pattern}' matches none of the "
+                f"{len(names)} trainable tensors (e.g. {names[:2]}); use 'head', 'lora_A', "
+                "'lora_B' or a fragment of a trainable tensor's name"
+            )
+        picked |= hits
+    if picked and picked == set(names):
+        raise ConfigError(
+            f"{field} = {list(patterns)} keeps every trainable tensor local, so nothing is "
+            "federated: use strategy.name = 'local' for that, or name fewer tensors"
+        )
+    return frozenset(picked)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ class Checkpoint:
     client_states: dict[int, Params]
     backbone: str
     rng: dict[str, Any]
+    personal: dict[int, Params] = field(default_factory=dict)
+    pipeline_states: dict[int, Params] = field(default_factory=dict)
 
 
 def rng_state() -> dict[str, Any]:

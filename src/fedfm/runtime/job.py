@@ -6,7 +6,7 @@ for stateful strategies, a few tensors; its params are swapped into the one mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,8 +15,9 @@ from fedfm.config import RunConfig
 from fedfm.data.batching import Encoded, encode
 from fedfm.data.federation import Federation, build_federation, subsample
 from fedfm.errors import ConfigError
-from fedfm.models.adapters import apply_adapter
+from fedfm.models.adapters import apply_adapter, match_params
 from fedfm.models.params import Params, backbone_hash, full_model_bytes, get_params
+from fedfm.pipeline import Pipeline, build_pipeline
 from fedfm.resources.datasets import load_dataset
 from fedfm.resources.models import load_model
 from fedfm.resources.types import CAUSAL_LM, Dataset
@@ -38,10 +39,27 @@ class Job:
     backbone: str  # content hash of the frozen backbone
     full_model_bytes: int  # what one full-model transfer would cost
     total_params: int
+    pipeline: Pipeline = field(default_factory=Pipeline)
+    personal: frozenset[str] = frozenset()  # trainable tensors each client keeps to itself
+    _base_weights: Params = field(default_factory=dict)  # frozen originals under a delta
 
     @property
     def causal_lm(self) -> bool:
         return self.dataset.task == CAUSAL_LM
+
+    @torch.no_grad()
+    def apply_backbone_delta(self) -> None:
+        """Set frozen weights to their original plus the strategy's ``backbone_delta`` (scaled
+        like LoRA, ``alpha / rank``); a no-op for strategies without one."""
+        delta = self.strategy.backbone_delta()
+        if not delta:
+            return
+        scale = self.cfg.adapter.alpha / self.cfg.adapter.rank
+        named = dict(self.model.named_parameters())
+        for name, d in delta.items():
+            weight = named[name]
+            original = self._base_weights.setdefault(name, weight.detach().clone())
+            weight.copy_(original + scale * d.to(weight.device, weight.dtype))
 
 
 def _check_model_fits_data(cfg: RunConfig, dataset: Dataset) -> None:
@@ -95,6 +113,7 @@ def build_job(cfg: RunConfig) -> Job:
         cfg.strategy, num_clients=len(federation)
     )
     strategy.initialize(params)
+    personal = match_params(list(params), cfg.strategy.personal, field="strategy.personal")
     return Job(
         cfg=cfg,
         dataset=dataset,
@@ -108,4 +127,6 @@ def build_job(cfg: RunConfig) -> Job:
         backbone=backbone_hash(model),
         full_model_bytes=full_model_bytes(model),
         total_params=sum(p.numel() for p in model.parameters()),
+        pipeline=build_pipeline(cfg),
+        personal=personal,
     )

@@ -32,7 +32,7 @@ from fedfm.runtime.checkpoint import (
     save_checkpoint,
 )
 from fedfm.runtime.job import Job, build_job
-from fedfm.runtime.simulation import RoundState, initial_record, run_round
+from fedfm.runtime.simulation import RoundState, initial_record, run_round, with_personal
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -106,6 +106,8 @@ def _restore(job: Job, run_dir: Path, log: MetricsLog) -> RoundState:
         round=ckpt.round,
         global_params=ckpt.global_params,
         client_states=ckpt.client_states,
+        personal=ckpt.personal,
+        pipeline_states=ckpt.pipeline_states,
         cum_bytes=last.get("cum_bytes", 0),
         full_model_cum_bytes=last.get("full_model_cum_bytes", 0),
     )
@@ -121,6 +123,8 @@ def _checkpoint(job: Job, run_dir: Path, state: RoundState) -> None:
             client_states=state.client_states,
             backbone=job.backbone,
             rng=rng_state(),
+            personal=state.personal,
+            pipeline_states=state.pipeline_states,
         ),
     )
 
@@ -162,6 +166,9 @@ def _summary(
     }
 
 
+MERGED_FILE = "merged.safetensors"  # dense additions to frozen weights (flora, reproject off)
+
+
 def _finish(job: Job, run_dir: Path, state: RoundState, wall: float) -> dict[str, Any]:
     records = read_records(run_dir / METRICS_FILE)
     summary = _summary(job, state, records, wall)
@@ -170,8 +177,11 @@ def _finish(job: Job, run_dir: Path, state: RoundState, wall: float) -> dict[str
     meta = {"model": job.cfg.model.name, "adapter": job.cfg.adapter.method}
     if job.strategy.personalized:  # no global model: each client's own params
         for client in job.federation.clients:
-            params = job.strategy.personal_params(
-                state.global_params, state.client_states.get(client.id, {})
+            params = with_personal(
+                job.strategy.personal_params(
+                    state.global_params, state.client_states.get(client.id, {})
+                ),
+                state.personal.get(client.id, {}),
             )
             save_params_file(
                 run_dir / "clients" / f"{client.id}.safetensors",
@@ -182,6 +192,15 @@ def _finish(job: Job, run_dir: Path, state: RoundState, wall: float) -> dict[str
     else:
         save_params_file(
             run_dir / "adapter.safetensors", state.global_params, backbone=job.backbone, **meta
+        )
+    merged = job.strategy.backbone_delta()
+    if merged:  # FLoRA without re-projection: the model is the frozen weights plus these
+        scale = job.cfg.adapter.alpha / job.cfg.adapter.rank
+        save_params_file(
+            run_dir / MERGED_FILE,
+            {k: scale * v for k, v in merged.items()},
+            backbone=job.backbone,
+            **meta,
         )
     write_model_card(run_dir, summary=summary, config_toml=to_toml(job.cfg))
     return summary

@@ -4,8 +4,10 @@ A round, as one readable template:
 
 1. select a cohort (seeded by round);
 2. send the global params and the strategy's payload (bytes down counted);
-3. each client: swap its params in, train locally with the strategy's hooks, return an
-   update (bytes up counted); a client that fails or returns NaN/Inf is recorded and excluded;
+3. each client: swap its params in (plus the tensors it keeps to itself, ``strategy.personal``),
+   train locally with the strategy's hooks, pass its delta through the update pipeline
+   (compression) and return the update (bytes up counted: the pipeline's wire form); a
+   client that fails or returns NaN/Inf is recorded and excluded;
 4. aggregate the valid updates into new global params;
 5. evaluate on the global test set (and optionally on every client's held-out split).
 
@@ -48,9 +50,29 @@ class RoundState:
 
     round: int
     global_params: Params
-    client_states: dict[int, Params] = field(default_factory=dict)
+    client_states: dict[int, Params] = field(default_factory=dict)  # the strategy's
+    personal: dict[int, Params] = field(default_factory=dict)  # strategy.personal tensors
+    pipeline_states: dict[int, Params] = field(default_factory=dict)  # e.g. error feedback
     cum_bytes: int = 0
     full_model_cum_bytes: int = 0
+
+
+@dataclass
+class ClientOutcome:
+    """One client's round: its update and the states it keeps until it is next selected."""
+
+    update: Update
+    state: Params  # the strategy's client state
+    personal: Params  # the tensors named by strategy.personal
+    pipeline_state: Params
+
+
+def with_personal(params: Params, personal: Params) -> Params:
+    """``params`` with a client's own tensors in place of the global ones."""
+    return {**params, **personal} if personal else params
+
+
+PIPELINE_STREAM = 2**20  # client_seed stream of the pipeline's randomness (stochastic rounding)
 
 
 def fit_client(
@@ -58,12 +80,15 @@ def fit_client(
     client: ClientData,
     global_params: Params,
     payload: Params,
-    client_state: Params,
+    state: RoundState,
     round_: int,
-) -> tuple[Update, Params]:
-    """Run one client's local training: returns its update and its new client state."""
+) -> ClientOutcome:
+    """Run one client's local training and its half of the update pipeline."""
     cfg = job.cfg
-    start = job.strategy.client_start(global_params, client_state)
+    client_state = state.client_states.get(client.id, {})
+    start = with_personal(
+        job.strategy.client_start(global_params, client_state), state.personal.get(client.id, {})
+    )
     set_params(job.model, start)
     hooks = job.strategy.client_hooks(global_params, payload, client_state)
     # dropout; the CPU generator alone: torch.manual_seed costs ~200x more per call
@@ -83,15 +108,29 @@ def fit_client(
         global_params, result.params, payload, client_state, steps=result.steps, lr=cfg.client.lr
     )
     delta = subtract(result.params, start)
+    personal = {k: result.params[k] for k in job.personal}
+    shared = {k: v for k, v in delta.items() if k not in job.personal}
+    wire: Params = shared
+    pipeline_state: Params = {}
+    if job.pipeline:
+        generator = torch.Generator().manual_seed(
+            client_seed(cfg.seed, round_, client.id, PIPELINE_STREAM)
+        )
+        wire, pipeline_state = job.pipeline.client(
+            shared, state.pipeline_states.get(client.id, {}), generator
+        )
+        shared = job.pipeline.server(wire, shared)
+    # personal tensors do not travel: a zero delta leaves every strategy's aggregate unchanged
+    received = {k: shared[k] if k in shared else torch.zeros_like(v) for k, v in delta.items()}
     update = Update(
         client_id=client.id,
-        delta=delta,
+        delta=received,
         num_examples=client.num_examples,
         metrics={"train_loss": result.train_loss, "steps": result.steps},
         extras=extras,
-        bytes_up=payload_bytes({**delta, **extras}),
+        bytes_up=payload_bytes({**wire, **extras}),
     )
-    return update, new_state
+    return ClientOutcome(update, new_state, personal, pipeline_state)
 
 
 def evaluate_global(job: Job, params: Params) -> dict[str, float]:
@@ -104,21 +143,29 @@ def evaluate_global(job: Job, params: Params) -> dict[str, float]:
 
 
 def evaluate_clients(
-    job: Job, params: Params, client_states: dict[int, Params] | None = None
+    job: Job,
+    params: Params,
+    client_states: dict[int, Params] | None = None,
+    own: dict[int, Params] | None = None,
 ) -> dict[str, float]:
     """Mean and worst-10% of every client's metric on its own held-out split.
 
     Each client is evaluated with ``strategy.personal_params`` (the global ``params``
-    unless the strategy is personalised).
+    unless the strategy is personalised) with its ``own`` tensors (``strategy.personal``)
+    in place.
     """
     client_states = client_states or {}
+    own = own or {}
     metric = job.task.main_metric
     values = []
     loaded: Params | None = None
     for client in job.federation.clients:
         if len(client.eval) == 0:
             continue
-        personal = job.strategy.personal_params(params, client_states.get(client.id, {}))
+        personal = with_personal(
+            job.strategy.personal_params(params, client_states.get(client.id, {})),
+            own.get(client.id, {}),
+        )
         if personal is not loaded:  # the global params are swapped in once, not per client
             set_params(job.model, personal)
             loaded = personal
@@ -149,7 +196,9 @@ def evaluate_round(job: Job, state: RoundState) -> dict[str, float]:
             {f"test_{k}": v for k, v in evaluate_global(job, state.global_params).items()}
         )
     if job.cfg.eval.per_client or job.strategy.personalized:
-        record.update(evaluate_clients(job, state.global_params, state.client_states))
+        record.update(
+            evaluate_clients(job, state.global_params, state.client_states, state.personal)
+        )
     return record
 
 
@@ -183,39 +232,41 @@ def run_round(
     clients = (
         [job.federation.pooled()] if strategy.pooled else [job.federation[cid] for cid in cohort]
     )
-    bytes_down = (
-        payload_bytes({**state.global_params, **payload}) * len(cohort)
-        if strategy.communicates
-        else 0
-    )
+    bytes_down = 0
+    if strategy.communicates:
+        sent = {k: v for k, v in state.global_params.items() if k not in job.personal}
+        bytes_down = payload_bytes({**sent, **payload}) * len(cohort) + sum(
+            strategy.extra_down_bytes(cid, round_) for cid in cohort
+        )
 
+    job.apply_backbone_delta()  # after a resume, the frozen weights must carry it again
     updates, excluded = [], []
     for client in clients:
         cid = client.id
         try:
-            update, new_state = fit_client(
-                job,
-                client,
-                state.global_params,
-                payload,
-                state.client_states.get(cid, {}),
-                round_,
-            )
+            outcome = fit_client(job, client, state.global_params, payload, state, round_)
         except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
             excluded.append({"client": cid, "reason": f"{type(err).__name__}: {err}"})
         else:
+            update = outcome.update
             bad = non_finite(update.delta) + non_finite(update.extras)
             if bad:
                 excluded.append({"client": cid, "reason": f"non-finite values in {bad[:3]}"})
             else:
                 updates.append(update)
-                if new_state:
-                    state.client_states[cid] = new_state
+                for store, value in (
+                    (state.client_states, outcome.state),
+                    (state.personal, outcome.personal),
+                    (state.pipeline_states, outcome.pipeline_state),
+                ):
+                    if value:
+                        store[cid] = value
         if on_client is not None:
             on_client(cid)
 
     if updates:
         state.global_params = strategy.aggregate(round_, state.global_params, updates)
+        job.apply_backbone_delta()
     elif round_ == 1:
         raise FedFMError(f"every client of round 1 failed: {excluded}")
     state.round = round_

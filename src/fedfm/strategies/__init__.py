@@ -4,6 +4,7 @@ from fedfm.strategies import (  # noqa: F401  (registers them)
     baselines,
     fedavg,
     fedopt,
+    flora,
     scaffold,
 )
 from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update

@@ -66,8 +66,9 @@ class Strategy(ABC):
             bytes are counted).
         pooled: the round trains one client that holds every client's training data
             (the centralised ceiling).
-        personalized: each client keeps its own params (``personal_params``); such a run
-            is evaluated on every client's held-out split with that client's params.
+        personalized: each client keeps its own params (``personal_params``, or the tensors
+            named by ``strategy.personal``); such a run is evaluated on every client's
+            held-out split with that client's params.
     """
 
     name: str = ""
@@ -78,6 +79,7 @@ class Strategy(ABC):
     def __init__(self, cfg: StrategyConfig, *, num_clients: int = 1) -> None:
         self.cfg = cfg
         self.num_clients = num_clients  # the federation's size (SCAFFOLD's N)
+        self.personalized = type(self).personalized or bool(cfg.personal)
 
     # ------------------------------------------------------------------ server half
     def cohort_size(self, num_clients: int) -> int:
@@ -101,6 +103,16 @@ class Strategy(ABC):
     @abstractmethod
     def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
         """New global params from the round's valid updates (at least one)."""
+
+    def backbone_delta(self) -> Params:
+        """Dense changes to frozen weights, by name, that every client applies (scaled by the
+        adapter's ``alpha / rank``): FLoRA's merged products. Empty for most strategies."""
+        return {}
+
+    def extra_down_bytes(self, client_id: int, round_: int) -> int:
+        """Bytes a cohort member downloads beyond the global params (called once per member
+        per round, so a strategy may track what each client already has)."""
+        return 0
 
     def state_dict(self) -> dict[str, Params]:
         return {}

@@ -1,0 +1,1 @@
+"""Compression of what clients upload: stochastic quantisation, top-k with error feedback."""
