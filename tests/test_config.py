@@ -43,7 +43,7 @@ def test_resolved_config_round_trips():
         (["adapter.method=lroa"], "Did you mean 'lora'?"),
         (["strategy.fraction=1.5"], "strategy.fraction = 1.5 must be in (0, 1]"),
         (["client.epochs=0"], "client.epochs and client.steps are both 0"),
-        (['adapter.target_modules="query"'], "must be a list of strings"),
+        (['adapter.target_modules="query"'], "must be a list, e.g."),
         (["rounds"], "must look like key=value"),
         (["device=gpu"], "device = 'gpu' must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ],

@@ -97,6 +97,17 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class SystemConfig:
+    """Resource profiles: what each simulated client can do (drawn per client, seeded)."""
+
+    ranks: tuple[int, ...] = ()  # LoRA rank per client, drawn from this list; [] = adapter.rank
+    speeds: tuple[float, ...] = ()  # relative compute speed per client (1.0 = reference)
+    deadline: float = 0.0  # per-round budget in local steps at speed 1.0; 0 = no deadline
+    late: str = "drop"  # a client that misses the deadline: drop | partial (its steps so far)
+    min_rank: int = 0  # clients of lower rank are left out of every round (a baseline)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     every: int = 1  # evaluate the global model every k rounds (and always at the last)
     per_client: bool = False  # also evaluate on every client's held-out split
@@ -123,6 +134,7 @@ class RunConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -173,6 +185,8 @@ _NON_NEGATIVE = {
     "strategy.proximal_mu",
     "checkpoint.every",
     "adapter.dropout",
+    "system.deadline",
+    "system.min_rank",
 }
 _STRICTLY_POSITIVE_FLOATS = {
     "data.alpha",
@@ -188,6 +202,7 @@ _CHOICES = {
     "client.optimizer": ("adamw", "adam", "sgd"),
     "compression.method": ("none", "quantize", "topk"),
     "compression.bits": (1, 2, 4, 8),
+    "system.late": ("drop", "partial"),
 }
 
 
@@ -220,6 +235,24 @@ def _range_problems(cfg: RunConfig) -> list[str]:
     if not 0 < flat["compression.fraction"] <= 1:
         value = flat["compression.fraction"]
         problems.append(f"compression.fraction = {value!r} must be in (0, 1]")
+    ranks, rank = flat["system.ranks"], flat["adapter.rank"]
+    if ranks and flat["adapter.method"] != "lora":
+        problems.append(
+            f"system.ranks = {list(ranks)} gives clients LoRA ranks, but adapter.method = "
+            f"{flat['adapter.method']!r}: set adapter.method = 'lora' or system.ranks = []"
+        )
+    if any(not 1 <= r <= rank for r in ranks):
+        problems.append(
+            f"system.ranks = {list(ranks)} must lie in [1, adapter.rank = {rank}]: the model "
+            "holds adapter.rank components and a client trains the first r of them"
+        )
+    if ranks and flat["adapter.freeze_a"]:
+        problems.append(
+            "system.ranks with adapter.freeze_a = true: a frozen A keeps every component "
+            "live, so a client cannot train only its first r; drop one of the two"
+        )
+    if any(not v > 0 for v in flat["system.speeds"]):
+        problems.append(f"system.speeds = {list(flat['system.speeds'])} must all be > 0")
     if flat["adapter.freeze_a"] and flat["adapter.method"] != "lora":
         problems.append(
             f"adapter.freeze_a = true freezes LoRA's A, but adapter.method = "
@@ -254,9 +287,14 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against the annotated type ``hint``; ints are accepted for floats."""
     origin = typing.get_origin(hint)
     if origin is tuple:
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f'{key} = {value!r} must be a list of strings, e.g. ["query"]')
-        return tuple(value)
+        item = typing.get_args(hint)[0]
+        example = {str: '["query"]', int: "[2, 4, 8]", float: "[0.5, 1.0]"}[item]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} = {value!r} must be a list, e.g. {example}")
+        try:
+            return tuple(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
+        except ConfigError as err:
+            raise ConfigError(f"{err} (in the list {key}, e.g. {example})") from err
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported annotation {hint} for {key}")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):

@@ -106,6 +106,8 @@ def test_pairs_ranks_and_what_a_lower_rank_client_sends():
     assert [p.module for p in pairs] == ["m.q", "m.v"]
     assert pairs[0].base_weight == "m.q.base_layer.weight"
     assert rank_of(params) == 4 and rank_of({"w": torch.zeros(1)}) == 0
+    b_only = {k: v for k, v in params.items() if "lora_A" not in k}  # FFA-LoRA
+    assert rank_of(b_only) == 4
     sent = lora_bytes_at_rank(params, 2)
     assert sent["m.q.lora_A.default.weight"].shape == (2, 5)
     assert sent["m.q.lora_B.default.weight"].shape == (7, 2)

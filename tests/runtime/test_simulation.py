@@ -60,8 +60,8 @@ def test_non_finite_update_is_excluded_and_round_goes_on(tmp_path, monkeypatch):
     poisoned = cohort[1]
     real_fit = simulation.fit_client
 
-    def fit(job, client, *args):
-        outcome = real_fit(job, client, *args)
+    def fit(job, client, *args, **kwargs):
+        outcome = real_fit(job, client, *args, **kwargs)
         if client.id == poisoned:
             outcome.update.delta[next(iter(outcome.update.delta))][0] = float("nan")
         return outcome
@@ -82,10 +82,10 @@ def test_failing_client_is_recorded_not_raised(tmp_path, monkeypatch):
     real_fit = simulation.fit_client
     victim = job.strategy.select(1, len(job.federation), seed=0)[0]
 
-    def fit(job, client, *args):
+    def fit(job, client, *args, **kwargs):
         if client.id == victim:
             raise RuntimeError("out of memory on this client")
-        return real_fit(job, client, *args)
+        return real_fit(job, client, *args, **kwargs)
 
     monkeypatch.setattr(simulation, "fit_client", fit)
     record = run_round(job, state)

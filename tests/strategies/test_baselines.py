@@ -165,9 +165,9 @@ def test_local_round_two_starts_from_each_clients_round_one_params(tmp_path, mon
     deltas: dict[tuple[int, int], dict] = {}
     real_start, real_fit = job.strategy.client_start, simulation.fit_client
 
-    def fit(job, client, global_params, payload, state, round_):
+    def fit(job, client, global_params, payload, state, round_, **kwargs):
         current.update(round=round_, client=client.id)
-        outcome = real_fit(job, client, global_params, payload, state, round_)
+        outcome = real_fit(job, client, global_params, payload, state, round_, **kwargs)
         deltas[(round_, client.id)] = _clone(outcome.update.delta)
         return outcome
 
@@ -227,8 +227,8 @@ def test_centralized_trains_one_pooled_update_per_round(tmp_path, monkeypatch):
     seen = []
     real_fit = simulation.fit_client
 
-    def fit(job, client, *args):
-        outcome = real_fit(job, client, *args)
+    def fit(job, client, *args, **kwargs):
+        outcome = real_fit(job, client, *args, **kwargs)
         seen.append((client.id, client.name, outcome.update.num_examples))
         return outcome
 

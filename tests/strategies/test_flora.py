@@ -47,8 +47,8 @@ def _round_with_client_weights(job, monkeypatch):
     seen = []
     real_fit = simulation.fit_client
 
-    def fit(job, client, global_params, payload, st, round_):
-        outcome = real_fit(job, client, global_params, payload, st, round_)
+    def fit(job, client, global_params, payload, st, round_, **kwargs):
+        outcome = real_fit(job, client, global_params, payload, st, round_, **kwargs)
         trained = {k: global_params[k] + d for k, d in outcome.update.delta.items()}
         seen.append((_effective(job, trained), outcome.update.num_examples))
         return outcome

@@ -150,9 +150,13 @@ def truncate_rank(params: Params, rank: int) -> Params:
 
 
 def rank_of(params: Params) -> int:
-    """The adapter's rank (the number of rows of any A), 0 when there is no LoRA."""
-    pairs = lora_pairs(list(params))
-    return params[pairs[0].a].shape[0] if pairs else 0
+    """The adapter's rank (rows of an A, or columns of a B), 0 when there is no LoRA."""
+    for name, t in params.items():
+        if _A in name:
+            return t.shape[0]
+        if _B in name:  # A frozen (FFA-LoRA): B's columns
+            return t.shape[1]
+    return 0
 
 
 def lora_bytes_at_rank(params: Params, rank: int) -> Params:
@@ -162,4 +166,16 @@ def lora_bytes_at_rank(params: Params, rank: int) -> Params:
     for pair in lora_pairs(list(params)):
         out[pair.a] = params[pair.a][:rank]
         out[pair.b] = params[pair.b][:, :rank]
+    return out
+
+
+def pad_rank(cut: Params, like: Params) -> Params:
+    """Undo :func:`lora_bytes_at_rank`: zero-pad a low-rank client's A rows and B columns to
+    ``like``'s shapes (HetLoRA's zero padding)."""
+    out = dict(cut)
+    for pair in lora_pairs(list(like)):
+        a, b = torch.zeros_like(like[pair.a]), torch.zeros_like(like[pair.b])
+        rank = cut[pair.a].shape[0]
+        a[:rank], b[:, :rank] = cut[pair.a], cut[pair.b]
+        out[pair.a], out[pair.b] = a, b
     return out

@@ -16,11 +16,13 @@ from fedfm.data.batching import Encoded, encode
 from fedfm.data.federation import Federation, build_federation, subsample
 from fedfm.errors import ConfigError
 from fedfm.models.adapters import apply_adapter, match_params
+from fedfm.models.lora import rank_of
 from fedfm.models.params import Params, backbone_hash, full_model_bytes, get_params
 from fedfm.pipeline import Pipeline, build_pipeline
 from fedfm.resources.datasets import load_dataset
 from fedfm.resources.models import load_model
 from fedfm.resources.types import CAUSAL_LM, Dataset
+from fedfm.runtime.profiles import ResourceProfile, sample_profiles
 from fedfm.strategies import STRATEGIES, Strategy
 from fedfm.tasks import TASKS, Task
 
@@ -41,6 +43,8 @@ class Job:
     total_params: int
     pipeline: Pipeline = field(default_factory=Pipeline)
     personal: frozenset[str] = frozenset()  # trainable tensors each client keeps to itself
+    profiles: list[ResourceProfile] = field(default_factory=list)  # one per client
+    lora_rank: int = 0  # the model's LoRA rank (0: no LoRA)
     _base_weights: Params = field(default_factory=dict)  # frozen originals under a delta
 
     @property
@@ -129,4 +133,6 @@ def build_job(cfg: RunConfig) -> Job:
         total_params=sum(p.numel() for p in model.parameters()),
         pipeline=build_pipeline(cfg),
         personal=personal,
+        profiles=sample_profiles(len(federation), cfg.system, seed=cfg.seed),
+        lora_rank=rank_of(params),
     )

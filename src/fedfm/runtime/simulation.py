@@ -18,9 +18,10 @@ client by client; neither counts bytes, since nothing travels.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,10 @@ from fedfm.client.trainer import train_locally
 from fedfm.data.batching import batches
 from fedfm.data.federation import ClientData
 from fedfm.errors import FedFMError
+from fedfm.models.lora import lora_bytes_at_rank, pad_rank, truncate_rank
 from fedfm.models.params import Params, payload_bytes, set_params
 from fedfm.runtime.job import Job
+from fedfm.runtime.profiles import steps_within_deadline
 from fedfm.strategies.aggregate import mean_pairwise_cosine, non_finite, subtract
 from fedfm.strategies.base import Update
 
@@ -82,13 +85,23 @@ def fit_client(
     payload: Params,
     state: RoundState,
     round_: int,
+    *,
+    rank: int = 0,
+    steps: int = 0,
 ) -> ClientOutcome:
-    """Run one client's local training and its half of the update pipeline."""
+    """Run one client's local training and its half of the update pipeline.
+
+    Args:
+        rank: train only the first ``rank`` LoRA components and send only those (0: all).
+        steps: local steps instead of ``client.epochs`` (a deadline cut the work short).
+    """
     cfg = job.cfg
     client_state = state.client_states.get(client.id, {})
     start = with_personal(
         job.strategy.client_start(global_params, client_state), state.personal.get(client.id, {})
     )
+    if rank:
+        start = truncate_rank(start, rank)
     set_params(job.model, start)
     hooks = job.strategy.client_hooks(global_params, payload, client_state)
     # dropout; the CPU generator alone: torch.manual_seed costs ~200x more per call
@@ -103,13 +116,17 @@ def fit_client(
             seed=client_seed(cfg.seed, round_, client.id, 1 + epoch),
         )
 
-    result = train_locally(job.model, job.task, make_batches, cfg.client, hooks)
+    client_cfg = replace(cfg.client, steps=steps) if steps else cfg.client
+    result = train_locally(job.model, job.task, make_batches, client_cfg, hooks)
     extras, new_state = job.strategy.client_finish(
         global_params, result.params, payload, client_state, steps=result.steps, lr=cfg.client.lr
     )
     delta = subtract(result.params, start)
     personal = {k: result.params[k] for k in job.personal}
     shared = {k: v for k, v in delta.items() if k not in job.personal}
+    full_shapes = shared
+    if rank:  # only the client's own components travel
+        shared = lora_bytes_at_rank(shared, rank)
     wire: Params = shared
     pipeline_state: Params = {}
     if job.pipeline:
@@ -120,6 +137,8 @@ def fit_client(
             shared, state.pipeline_states.get(client.id, {}), generator
         )
         shared = job.pipeline.server(wire, shared)
+    if rank:
+        shared = pad_rank(shared, full_shapes)
     # personal tensors do not travel: a zero delta leaves every strategy's aggregate unchanged
     received = {k: shared[k] if k in shared else torch.zeros_like(v) for k, v in delta.items()}
     update = Update(
@@ -129,6 +148,7 @@ def fit_client(
         metrics={"train_loss": result.train_loss, "steps": result.steps},
         extras=extras,
         bytes_up=payload_bytes({**wire, **extras}),
+        rank=rank,
     )
     return ClientOutcome(update, new_state, personal, pipeline_state)
 
@@ -220,6 +240,22 @@ def initial_record(job: Job, state: RoundState) -> dict[str, Any]:
     return record
 
 
+def plan_work(job: Job, client: ClientData) -> tuple[int, int, int, float]:
+    """``(rank, steps it gets to do, steps of a full round, speed)`` from its profile.
+
+    The pooled client (centralised reference) has no profile: full rank and work.
+    """
+    client_cfg = job.cfg.client
+    full = client_cfg.steps or client_cfg.epochs * math.ceil(
+        client.num_examples / client_cfg.batch_size
+    )
+    if client.id >= len(job.profiles):
+        return 0, full, full, 1.0
+    profile = job.profiles[client.id]
+    rank = profile.rank if 0 < profile.rank < job.lora_rank else 0
+    return rank, steps_within_deadline(full, profile.speed, job.cfg.system), full, profile.speed
+
+
 def run_round(
     job: Job, state: RoundState, *, on_client: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
@@ -232,19 +268,54 @@ def run_round(
     clients = (
         [job.federation.pooled()] if strategy.pooled else [job.federation[cid] for cid in cohort]
     )
+    system = cfg.system
+    work = {c.id: plan_work(job, c) for c in clients}
+    sent = {k: v for k, v in state.global_params.items() if k not in job.personal}
     bytes_down = 0
     if strategy.communicates:
-        sent = {k: v for k, v in state.global_params.items() if k not in job.personal}
-        bytes_down = payload_bytes({**sent, **payload}) * len(cohort) + sum(
-            strategy.extra_down_bytes(cid, round_) for cid in cohort
-        )
+        for cid in cohort:
+            rank = work[cid][0] if cid in work else 0
+            if system.min_rank and (rank or job.lora_rank) < system.min_rank:
+                continue  # left out: nothing is sent to it
+            own = lora_bytes_at_rank(sent, rank) if rank else sent
+            bytes_down += payload_bytes({**own, **payload}) + strategy.extra_down_bytes(cid, round_)
 
     job.apply_backbone_delta()  # after a resume, the frozen weights must carry it again
-    updates, excluded = [], []
+    updates, excluded, stragglers = [], [], []
+    sim_time = 0.0
     for client in clients:
         cid = client.id
+        rank, steps, full_steps, speed = work[cid]
+        if system.min_rank and (rank or job.lora_rank) < system.min_rank:
+            excluded.append({"client": cid, "reason": f"rank {rank} < system.min_rank"})
+            if on_client is not None:
+                on_client(cid)
+            continue
+        if steps < full_steps:
+            stragglers.append(cid)
+        if steps == 0:
+            excluded.append(
+                {
+                    "client": cid,
+                    "reason": f"straggler: {full_steps} steps at speed {speed} miss the "
+                    f"deadline of {system.deadline}",
+                }
+            )
+            if on_client is not None:
+                on_client(cid)
+            continue
+        sim_time = max(sim_time, steps / speed)
         try:
-            outcome = fit_client(job, client, state.global_params, payload, state, round_)
+            outcome = fit_client(
+                job,
+                client,
+                state.global_params,
+                payload,
+                state,
+                round_,
+                rank=rank,
+                steps=steps if steps < full_steps else 0,
+            )
         except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
             excluded.append({"client": cid, "reason": f"{type(err).__name__}: {err}"})
         else:
@@ -294,6 +365,9 @@ def run_round(
         "full_model_cum_bytes": state.full_model_cum_bytes,
         "excluded": excluded,
     }
+    if system.speeds or system.deadline:
+        record["stragglers"] = stragglers
+        record["sim_time"] = sim_time
     if len(updates) >= 2:  # client drift: how aligned the cohort's updates are
         record["update_cosine"] = mean_pairwise_cosine([u.delta for u in updates])
     if round_ % cfg.eval.every == 0 or round_ == cfg.rounds:

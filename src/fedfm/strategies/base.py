@@ -47,7 +47,8 @@ class Update:
         num_examples: examples trained on (the FedAvg weight).
         metrics: local training metrics (e.g. ``train_loss``).
         extras: strategy-specific tensors (SCAFFOLD: the control variate delta).
-        bytes_up: exact serialised size of ``delta`` and ``extras``.
+        bytes_up: exact serialised size of what was uploaded (the pipeline's wire form).
+        rank: the LoRA rank the client trained (its first ``rank`` components; 0 = all).
     """
 
     client_id: int
@@ -56,6 +57,7 @@ class Update:
     metrics: dict[str, float] = field(default_factory=dict)
     extras: Params = field(default_factory=dict)
     bytes_up: int = 0
+    rank: int = 0
 
 
 class Strategy(ABC):

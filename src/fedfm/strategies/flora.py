@@ -21,7 +21,14 @@ from __future__ import annotations
 import torch
 
 from fedfm.errors import ConfigError
-from fedfm.models.lora import LoraPair, factorize, lora_pairs, mean_product, stack
+from fedfm.models.lora import (
+    LoraPair,
+    factorize,
+    lora_pairs,
+    mean_product,
+    stack,
+    truncate_rank,
+)
 from fedfm.models.params import Params, payload_bytes
 from fedfm.strategies.aggregate import add
 from fedfm.strategies.base import STRATEGIES, Strategy, Update, mean_delta
@@ -54,8 +61,19 @@ class FLoRA(Strategy):
         weights = [u.num_examples for u in updates]
         stacked: Params = {}
         for pair in self.pairs:
-            a = [global_params[pair.a] + u.delta[pair.a] for u in updates]
-            b = [global_params[pair.b] + u.delta[pair.b] for u in updates]
+            # each client's own adapter: a client of rank r trained the first r components
+            trained = [
+                truncate_rank(
+                    {
+                        pair.a: global_params[pair.a] + u.delta[pair.a],
+                        pair.b: global_params[pair.b] + u.delta[pair.b],
+                    },
+                    u.rank or global_params[pair.a].shape[0],
+                )
+                for u in updates
+            ]
+            a = [t[pair.a] for t in trained]
+            b = [t[pair.b] for t in trained]
             dtype = global_params[pair.a].dtype
             if self.cfg.reproject:
                 a_new, b_new = factorize(mean_product(a, b, weights), rank=a[0].shape[0])

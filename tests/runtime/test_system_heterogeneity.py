@@ -1,0 +1,145 @@
+"""Resource profiles in a run: heterogeneous LoRA ranks (HetLoRA padding, FlexLoRA's SVD),
+leaving weak clients out, and a per-round deadline with stragglers dropped or cut short."""
+
+import pytest
+import torch
+
+from fedfm.config import SystemConfig, load_config
+from fedfm.errors import ConfigError
+from fedfm.models.lora import lora_bytes_at_rank, lora_pairs
+from fedfm.models.params import payload_bytes
+from fedfm.runtime import simulation
+from fedfm.runtime.job import build_job
+from fedfm.runtime.profiles import sample_profiles, steps_within_deadline
+from fedfm.runtime.simulation import RoundState, run_round
+
+LORA = [
+    "data.dataset=digits",
+    "model.name=mlp",
+    "adapter.method=lora",
+    'adapter.target_modules=["hidden"]',
+    "adapter.rank=8",
+    "adapter.alpha=16",
+    "data.num_clients=8",
+    "strategy.clients_per_round=8",
+    "client.lr=0.01",
+]
+
+
+def _job(tmp_path, *extra):
+    return build_job(load_config(None, [*LORA, f"output_dir={tmp_path}", *extra]))
+
+
+def _spy(monkeypatch):
+    seen = {}
+    real_fit = simulation.fit_client
+
+    def fit(job, client, global_params, payload, state, round_, **kw):
+        outcome = real_fit(job, client, global_params, payload, state, round_, **kw)
+        seen[client.id] = (kw, outcome.update)
+        return outcome
+
+    monkeypatch.setattr(simulation, "fit_client", fit)
+    return seen
+
+
+def test_profiles_are_seeded_and_drawn_from_the_lists():
+    cfg = SystemConfig(ranks=(2, 4, 8), speeds=(0.5, 1.0))
+    a, b = sample_profiles(50, cfg, seed=3), sample_profiles(50, cfg, seed=3)
+    assert a == b and a != sample_profiles(50, cfg, seed=4)
+    assert {p.rank for p in a} == {2, 4, 8} and {p.speed for p in a} == {0.5, 1.0}
+
+
+@pytest.mark.parametrize(
+    ("steps", "speed", "late", "expected"),
+    [(8, 1.0, "drop", 8), (10, 0.5, "drop", 0), (10, 0.5, "partial", 4), (3, 0.1, "partial", 0)],
+)
+def test_steps_within_a_deadline_of_8(steps, speed, late, expected):
+    assert steps_within_deadline(steps, speed, SystemConfig(deadline=8, late=late)) == expected
+
+
+def test_low_rank_clients_train_and_send_only_their_components(tmp_path, monkeypatch):
+    job = _job(tmp_path, "system.ranks=[2, 4, 8]")
+    seen = _spy(monkeypatch)
+    state = RoundState(round=0, global_params=job.initial_params)
+    record = run_round(job, state)
+    pair = lora_pairs(job.initial_params)[0]
+    expected_up = 0
+    for cid, (kw, update) in seen.items():
+        rank = job.profiles[cid].rank
+        assert kw["rank"] == (rank if rank < 8 else 0)
+        assert update.delta[pair.a][rank:].abs().sum() == 0  # nothing beyond its rank
+        assert update.delta[pair.b][:, rank:].abs().sum() == 0
+        assert update.delta[pair.b][:, :rank].abs().sum() > 0
+        expected_up += payload_bytes(lora_bytes_at_rank(update.delta, rank))
+    assert {job.profiles[c].rank for c in seen} == {2, 4, 8}
+    assert record["bytes_up"] == expected_up
+    assert record["bytes_down"] == expected_up  # the same truncation travels down
+
+
+def test_flexlora_is_the_svd_of_the_mean_of_truncated_client_products(tmp_path, monkeypatch):
+    job = _job(tmp_path, "system.ranks=[2, 4]", "strategy.name=flora")
+    seen = _spy(monkeypatch)
+    state = RoundState(round=0, global_params=job.initial_params)
+    g = job.initial_params
+    run_round(job, state)
+    pair = lora_pairs(g)[0]
+    total = sum(u.num_examples for _, u in seen.values())
+    mean = (
+        sum(
+            u.num_examples
+            * (
+                (g[pair.b] + u.delta[pair.b])[:, : u.rank].double()
+                @ (g[pair.a] + u.delta[pair.a])[: u.rank].double()
+            )
+            for _, u in seen.values()
+        )
+        / total
+    )
+    s = torch.linalg.svdvals(mean)
+    new = state.global_params[pair.b].double() @ state.global_params[pair.a].double()
+    torch.testing.assert_close((new - mean).norm(), s[8:].norm(), rtol=1e-4, atol=1e-6)
+
+
+def test_min_rank_leaves_weak_clients_out(tmp_path):
+    job = _job(tmp_path, "system.ranks=[2, 8]", "system.min_rank=8")
+    weak = {c for c, p in enumerate(job.profiles) if p.rank < 8}
+    assert weak and len(weak) < 8
+    record = run_round(job, RoundState(round=0, global_params=job.initial_params))
+    assert {e["client"] for e in record["excluded"]} == weak
+    assert all("system.min_rank" in e["reason"] for e in record["excluded"])
+    assert record["bytes_down"] == payload_bytes(job.initial_params) * (8 - len(weak))
+
+
+@pytest.mark.parametrize("late", ["drop", "partial"])
+def test_deadline_drops_or_cuts_short_the_slow_clients(tmp_path, monkeypatch, late):
+    job = _job(
+        tmp_path,
+        "client.steps=4",  # fast clients: 4 / 1.0 <= 6; slow ones: 4 / 0.25 = 16 > 6
+        "system.speeds=[0.25, 1.0]",
+        "system.deadline=6",
+        f"system.late={late}",
+    )
+    seen = _spy(monkeypatch)
+    record = run_round(job, RoundState(round=0, global_params=job.initial_params))
+    slow = {c for c, p in enumerate(job.profiles) if p.speed == 0.25}
+    assert slow and set(record["stragglers"]) == slow
+    for cid in slow:
+        if late == "drop":
+            assert cid not in seen
+        else:
+            assert seen[cid][0]["steps"] == 1  # floor(6 * 0.25)
+            assert seen[cid][1].metrics["steps"] == 1
+    assert ({e["client"] for e in record["excluded"]} == slow) == (late == "drop")
+    assert 0 < record["sim_time"] <= 6
+
+
+def test_system_config_errors():
+    with pytest.raises(ConfigError, match="system.ranks = \\[16\\] must lie in \\[1, adapter"):
+        load_config(None, ["system.ranks=[16]"])
+    with pytest.raises(ConfigError, match="adapter.method = 'full'"):
+        load_config(None, ["system.ranks=[2]", "adapter.method=full"])
+    with pytest.raises(ConfigError, match="a frozen A keeps every component live"):
+        load_config(None, ["system.ranks=[2]", "adapter.freeze_a=true"])
+    with pytest.raises(ConfigError, match="system.late = 'wait'"):
+        load_config(None, ["system.late=wait"])
