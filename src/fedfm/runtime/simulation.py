@@ -167,8 +167,9 @@ def evaluate_clients(
     params: Params,
     client_states: dict[int, Params] | None = None,
     own: dict[int, Params] | None = None,
-) -> dict[str, float]:
-    """Mean and worst-10% of every client's metric on its own held-out split.
+) -> dict[str, Any]:
+    """Mean and worst-10% of every client's metric on its own held-out split (and each
+    client's value, as ``per_client_<metric>``).
 
     Each client is evaluated with ``strategy.personal_params`` (the global ``params``
     unless the strategy is personalised) with its ``own`` tensors (``strategy.personal``)
@@ -177,7 +178,7 @@ def evaluate_clients(
     client_states = client_states or {}
     own = own or {}
     metric = job.task.main_metric
-    values = []
+    values, by_client = [], []
     loaded: Params | None = None
     for client in job.federation.clients:
         if len(client.eval) == 0:
@@ -196,6 +197,7 @@ def evaluate_clients(
             ),
         )
         values.append(result[metric])
+        by_client.append([client.id, result[metric]])
     if not values:
         return {}
     ordered = np.sort(values)
@@ -205,12 +207,13 @@ def evaluate_clients(
     return {
         f"client_{metric}_mean": float(np.mean(values)),
         f"client_{metric}_worst10": float(np.mean(worst)),
+        f"per_client_{metric}": by_client,  # [client id, value] pairs
     }
 
 
-def evaluate_round(job: Job, state: RoundState) -> dict[str, float]:
+def evaluate_round(job: Job, state: RoundState) -> dict[str, Any]:
     """The evaluation part of a round's record: global test set and/or every client's split."""
-    record: dict[str, float] = {}
+    record: dict[str, Any] = {}
     if not job.strategy.personalized:  # a personalised run has no single global model
         record.update(
             {f"test_{k}": v for k, v in evaluate_global(job, state.global_params).items()}
