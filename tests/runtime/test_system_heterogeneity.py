@@ -10,7 +10,12 @@ from fedfm.models.lora import lora_bytes_at_rank, lora_pairs
 from fedfm.models.params import payload_bytes
 from fedfm.runtime import simulation
 from fedfm.runtime.job import build_job
-from fedfm.runtime.profiles import sample_profiles, steps_within_deadline
+from fedfm.runtime.profiles import (
+    frozen_below,
+    layer_index,
+    sample_profiles,
+    steps_within_deadline,
+)
 from fedfm.runtime.simulation import RoundState, run_round
 
 LORA = [
@@ -143,3 +148,49 @@ def test_system_config_errors():
         load_config(None, ["system.ranks=[2]", "adapter.freeze_a=true"])
     with pytest.raises(ConfigError, match="system.late = 'wait'"):
         load_config(None, ["system.late=wait"])
+
+
+def test_frozen_below_keeps_the_top_layers_and_everything_outside_the_stack():
+    names = [f"bert.encoder.layer.{i}.attention.self.query.lora_A.default.weight" for i in range(6)]
+    names += ["classifier.weight", "bert.pooler.dense.bias"]
+    frozen = frozen_below(names, 2)
+    assert frozen == {names[i] for i in range(4)}
+    assert frozen_below(names, 0) == frozen_below(names, 6) == frozenset()
+    assert frozen_below(["hidden.weight", "classifier.weight"], 1) == frozenset()
+    assert layer_index("model.layers.11.self_attn.q_proj.lora_B.default.weight") == 11
+
+
+def test_clients_that_train_only_the_top_layers_send_only_those(tmp_path, monkeypatch):
+    cfg = load_config(
+        None,
+        [
+            "data.dataset=trec6",
+            "model.name=minilm",
+            "data.num_clients=4",
+            "strategy.clients_per_round=4",
+            "data.max_train_examples=96",
+            "data.max_test_examples=16",
+            "client.steps=2",
+            "system.layers=[2, 6]",
+            f"output_dir={tmp_path}",
+        ],
+    )
+    job = build_job(cfg)
+    seen = _spy(monkeypatch)
+    record = run_round(job, RoundState(round=0, global_params=job.initial_params))
+    layers = {c: job.profiles[c].layers for c in seen}
+    assert set(layers.values()) == {2, 6}
+    for cid, (kw, update) in seen.items():
+        assert kw["layers"] == layers[cid]
+        for name, d in update.delta.items():
+            index = layer_index(name)
+            trains = index is None or index >= 6 - layers[cid]
+            assert bool(d.abs().sum() > 0) == trains, name
+    top = {k for k in job.initial_params if (i := layer_index(k)) is None or i >= 4}
+    expected = sum(
+        payload_bytes(
+            job.initial_params if layers[c] == 6 else {k: job.initial_params[k] for k in top}
+        )
+        for c in seen
+    )
+    assert record["bytes_up"] == expected

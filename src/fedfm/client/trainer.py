@@ -85,6 +85,8 @@ def train_locally(
             loss = loss + hooks.extra_loss(live)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for name in hooks.frozen:  # a None grad: optimisers skip the tensor entirely
+            live[name].grad = None
         if correction is not None:
             for name, p in live.items():
                 if p.grad is not None:

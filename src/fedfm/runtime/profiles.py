@@ -1,15 +1,17 @@
-"""Resource profiles: each simulated client's LoRA rank and compute speed, and what a
-per-round deadline lets it do (system heterogeneity, as in HetLoRA and FlexLoRA).
+"""Resource profiles: each simulated client's LoRA rank, trainable layers and compute
+speed, and what a per-round deadline lets it do (system heterogeneity, as in HetLoRA and
+FlexLoRA).
 
 Time is simulated, not measured: a client of speed ``s`` needs ``n / s`` time units for
 ``n`` local steps, and ``system.deadline`` is in the same units (steps at speed 1.0). A
 client that cannot finish in time is dropped, or with ``system.late = "partial"`` sends the
-steps it managed (``floor(deadline * s)``, at least one).
+steps it managed (``floor(deadline * s)``; none at all is a drop).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +25,7 @@ PROFILE_STREAM = 7  # the seed stream of the draws (independent of partitioning)
 class ResourceProfile:
     rank: int  # LoRA components the client trains (0: the model's own rank)
     speed: float  # relative compute speed (1.0 = reference)
+    layers: int = 0  # top transformer layers whose tensors it trains (0: all)
 
 
 def sample_profiles(num_clients: int, cfg: SystemConfig, *, seed: int) -> list[ResourceProfile]:
@@ -36,7 +39,37 @@ def sample_profiles(num_clients: int, cfg: SystemConfig, *, seed: int) -> list[R
     rng = np.random.default_rng([seed, PROFILE_STREAM])
     ranks = rng.choice(cfg.ranks, size=num_clients) if cfg.ranks else [0] * num_clients
     speeds = rng.choice(cfg.speeds, size=num_clients) if cfg.speeds else [1.0] * num_clients
-    return [ResourceProfile(int(r), float(s)) for r, s in zip(ranks, speeds, strict=True)]
+    layers = rng.choice(cfg.layers, size=num_clients) if cfg.layers else [0] * num_clients
+    return [
+        ResourceProfile(int(r), float(s), int(n))
+        for r, s, n in zip(ranks, speeds, layers, strict=True)
+    ]
+
+
+_LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def layer_index(name: str) -> int | None:
+    """The transformer layer a tensor belongs to (``...encoder.layer.3.attention...`` → 3).
+
+    Example:
+        >>> layer_index("bert.encoder.layer.3.attention.self.query.lora_A.default.weight")
+        3
+        >>> layer_index("classifier.weight") is None
+        True
+    """
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
+
+
+def frozen_below(names: list[str], layers: int) -> frozenset[str]:
+    """The tensors of every layer but the top ``layers`` (the head and any tensor outside
+    the layer stack always train); empty when ``layers`` is 0 or covers them all."""
+    indices = [i for n in names if (i := layer_index(n)) is not None]
+    if not layers or not indices:
+        return frozenset()
+    first = max(indices) + 1 - layers
+    return frozenset(n for n in names if (i := layer_index(n)) is not None and i < first)
 
 
 def steps_within_deadline(steps: int, speed: float, cfg: SystemConfig) -> int:

@@ -34,7 +34,7 @@ from fedfm.errors import FedFMError
 from fedfm.models.lora import lora_bytes_at_rank, pad_rank, truncate_rank
 from fedfm.models.params import Params, payload_bytes, set_params
 from fedfm.runtime.job import Job
-from fedfm.runtime.profiles import steps_within_deadline
+from fedfm.runtime.profiles import frozen_below, steps_within_deadline
 from fedfm.strategies.aggregate import mean_pairwise_cosine, non_finite, subtract
 from fedfm.strategies.base import Update
 
@@ -88,12 +88,15 @@ def fit_client(
     *,
     rank: int = 0,
     steps: int = 0,
+    layers: int = 0,
 ) -> ClientOutcome:
     """Run one client's local training and its half of the update pipeline.
 
     Args:
         rank: train only the first ``rank`` LoRA components and send only those (0: all).
         steps: local steps instead of ``client.epochs`` (a deadline cut the work short).
+        layers: train only the top ``layers`` transformer layers' tensors (0: all); the
+            others neither change nor travel up.
     """
     cfg = job.cfg
     client_state = state.client_states.get(client.id, {})
@@ -104,6 +107,9 @@ def fit_client(
         start = truncate_rank(start, rank)
     set_params(job.model, start)
     hooks = job.strategy.client_hooks(global_params, payload, client_state)
+    frozen = frozen_below(list(start), layers)
+    if frozen:
+        hooks = replace(hooks, frozen=frozen)
     # dropout; the CPU generator alone: torch.manual_seed costs ~200x more per call
     torch.default_generator.manual_seed(client_seed(cfg.seed, round_, client.id, 0))
 
@@ -123,7 +129,7 @@ def fit_client(
     )
     delta = subtract(result.params, start)
     personal = {k: result.params[k] for k in job.personal}
-    shared = {k: v for k, v in delta.items() if k not in job.personal}
+    shared = {k: v for k, v in delta.items() if k not in job.personal and k not in frozen}
     full_shapes = shared
     if rank:  # only the client's own components travel
         shared = lora_bytes_at_rank(shared, rank)
@@ -139,7 +145,7 @@ def fit_client(
         shared = job.pipeline.server(wire, shared)
     if rank:
         shared = pad_rank(shared, full_shapes)
-    # personal tensors do not travel: a zero delta leaves every strategy's aggregate unchanged
+    # personal and frozen tensors do not travel: a zero delta leaves them as they were
     received = {k: shared[k] if k in shared else torch.zeros_like(v) for k, v in delta.items()}
     update = Update(
         client_id=client.id,
@@ -243,8 +249,8 @@ def initial_record(job: Job, state: RoundState) -> dict[str, Any]:
     return record
 
 
-def plan_work(job: Job, client: ClientData) -> tuple[int, int, int, float]:
-    """``(rank, steps it gets to do, steps of a full round, speed)`` from its profile.
+def plan_work(job: Job, client: ClientData) -> tuple[int, int, int, float, int]:
+    """``(rank, steps it gets to do, steps of a full round, speed, layers)`` from its profile.
 
     The pooled client (centralised reference) has no profile: full rank and work.
     """
@@ -253,10 +259,11 @@ def plan_work(job: Job, client: ClientData) -> tuple[int, int, int, float]:
         client.num_examples / client_cfg.batch_size
     )
     if client.id >= len(job.profiles):
-        return 0, full, full, 1.0
+        return 0, full, full, 1.0, 0
     profile = job.profiles[client.id]
     rank = profile.rank if 0 < profile.rank < job.lora_rank else 0
-    return rank, steps_within_deadline(full, profile.speed, job.cfg.system), full, profile.speed
+    steps = steps_within_deadline(full, profile.speed, job.cfg.system)
+    return rank, steps, full, profile.speed, profile.layers
 
 
 def run_round(
@@ -288,7 +295,7 @@ def run_round(
     sim_time = 0.0
     for client in clients:
         cid = client.id
-        rank, steps, full_steps, speed = work[cid]
+        rank, steps, full_steps, speed, layers = work[cid]
         if system.min_rank and (rank or job.lora_rank) < system.min_rank:
             excluded.append({"client": cid, "reason": f"rank {rank} < system.min_rank"})
             if on_client is not None:
@@ -318,6 +325,7 @@ def run_round(
                 round_,
                 rank=rank,
                 steps=steps if steps < full_steps else 0,
+                layers=layers,
             )
         except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
             excluded.append({"client": cid, "reason": f"{type(err).__name__}: {err}"})

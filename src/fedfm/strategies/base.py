@@ -30,10 +30,13 @@ class LocalHooks:
             (FedProx's proximal term).
         grad_correction: added to each trainable tensor's gradient after backward
             (SCAFFOLD's ``c - c_i``).
+        frozen: trainable tensors this client leaves alone (a resource profile that trains
+            only the top layers); their gradients are dropped, so no optimiser touches them.
     """
 
     extra_loss: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None
     grad_correction: Params | None = None
+    frozen: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
