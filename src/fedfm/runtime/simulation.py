@@ -249,21 +249,48 @@ def initial_record(job: Job, state: RoundState) -> dict[str, Any]:
     return record
 
 
-def plan_work(job: Job, client: ClientData) -> tuple[int, int, int, float, int]:
-    """``(rank, steps it gets to do, steps of a full round, speed, layers)`` from its profile.
+@dataclass(frozen=True)
+class Work:
+    """What one client does this round, from its resource profile.
 
-    The pooled client (centralised reference) has no profile: full rank and work.
+    Attributes:
+        rank: LoRA components it trains and sends (0: all).
+        steps: local steps it gets to do before the deadline (0: it misses it entirely).
+        full_steps: the steps of a whole round of local training.
+        speed: its relative compute speed.
+        layers: top transformer layers it trains (0: all).
+        left_out: why it takes no part at all (``None``: it trains).
+        receives: whether the server sends it the round's params (not when left out by rank).
     """
-    client_cfg = job.cfg.client
+
+    rank: int
+    steps: int
+    full_steps: int
+    speed: float
+    layers: int
+    left_out: str | None = None
+    receives: bool = True
+
+
+def plan_work(job: Job, client: ClientData) -> Work:
+    """A client's :class:`Work`; the pooled client (centralised reference) has no profile."""
+    client_cfg, system = job.cfg.client, job.cfg.system
     full = client_cfg.steps or client_cfg.epochs * math.ceil(
         client.num_examples / client_cfg.batch_size
     )
     if client.id >= len(job.profiles):
-        return 0, full, full, 1.0, 0
+        return Work(0, full, full, 1.0, 0)
     profile = job.profiles[client.id]
     rank = profile.rank if 0 < profile.rank < job.lora_rank else 0
-    steps = steps_within_deadline(full, profile.speed, job.cfg.system)
-    return rank, steps, full, profile.speed, profile.layers
+    steps = steps_within_deadline(full, profile.speed, system)
+    work = Work(rank, steps, full, profile.speed, profile.layers)
+    if system.min_rank and (rank or job.lora_rank) < system.min_rank:
+        reason = f"rank {rank} < system.min_rank = {system.min_rank}"
+        return replace(work, left_out=reason, receives=False)
+    if steps == 0:
+        reason = f"straggler: {full} steps at speed {profile.speed} miss the deadline"
+        return replace(work, left_out=f"{reason} of {system.deadline}")
+    return work
 
 
 def run_round(
@@ -284,9 +311,9 @@ def run_round(
     bytes_down = 0
     if strategy.communicates:
         for cid in cohort:
-            rank = work[cid][0] if cid in work else 0
-            if system.min_rank and (rank or job.lora_rank) < system.min_rank:
-                continue  # left out: nothing is sent to it
+            if not work[cid].receives:
+                continue
+            rank = work[cid].rank
             own = lora_bytes_at_rank(sent, rank) if rank else sent
             bytes_down += payload_bytes({**own, **payload}) + strategy.extra_down_bytes(cid, round_)
 
@@ -294,27 +321,15 @@ def run_round(
     updates, excluded, stragglers = [], [], []
     sim_time = 0.0
     for client in clients:
-        cid = client.id
-        rank, steps, full_steps, speed, layers = work[cid]
-        if system.min_rank and (rank or job.lora_rank) < system.min_rank:
-            excluded.append({"client": cid, "reason": f"rank {rank} < system.min_rank"})
-            if on_client is not None:
-                on_client(cid)
-            continue
-        if steps < full_steps:
+        cid, plan = client.id, work[client.id]
+        if plan.steps < plan.full_steps:
             stragglers.append(cid)
-        if steps == 0:
-            excluded.append(
-                {
-                    "client": cid,
-                    "reason": f"straggler: {full_steps} steps at speed {speed} miss the "
-                    f"deadline of {system.deadline}",
-                }
-            )
+        if plan.left_out:
+            excluded.append({"client": cid, "reason": plan.left_out})
             if on_client is not None:
                 on_client(cid)
             continue
-        sim_time = max(sim_time, steps / speed)
+        sim_time = max(sim_time, plan.steps / plan.speed)
         try:
             outcome = fit_client(
                 job,
@@ -323,9 +338,9 @@ def run_round(
                 payload,
                 state,
                 round_,
-                rank=rank,
-                steps=steps if steps < full_steps else 0,
-                layers=layers,
+                rank=plan.rank,
+                steps=plan.steps if plan.steps < plan.full_steps else 0,
+                layers=plan.layers,
             )
         except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
             excluded.append({"client": cid, "reason": f"{type(err).__name__}: {err}"})
