@@ -15,6 +15,15 @@ from typing import Any
 from fedfm.config import RunConfig
 from fedfm.registry import Registry
 
+# the tiny grid of every text experiment's --quick version (a smoke test, not a result)
+QUICK_TEXT = (
+    "rounds=2",
+    "data.num_clients=4",
+    "data.max_train_examples=160",
+    "data.max_test_examples=60",
+    "checkpoint.every=0",
+)
+
 
 @dataclass(frozen=True)
 class Arm:

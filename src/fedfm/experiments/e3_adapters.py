@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedfm.experiments.analysis import final, fmt, md_table, plot_panels
-from fedfm.experiments.base import EXPERIMENTS, Arm, ArmResult, Experiment
+from fedfm.experiments.base import EXPERIMENTS, QUICK_TEXT, Arm, ArmResult, Experiment
 from fedfm.experiments.probe import probe_client_cost
 
 # method -> overrides; LoRA keeps alpha = 2r (scale 2) across ranks
@@ -31,14 +31,7 @@ ALPHAS = (1.0, 0.1)
 def _base(quick: bool) -> tuple[str, ...]:
     common = ("data.dataset=trec6", "data.partition=dirichlet", "model.name=minilm")
     if quick:
-        return (
-            *common,
-            "rounds=2",
-            "data.num_clients=4",
-            "data.max_train_examples=160",
-            "data.max_test_examples=60",
-            "checkpoint.every=0",
-        )
+        return (*common, *QUICK_TEXT)
     return (
         *common,
         "rounds=10",

@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fedfm.experiments.analysis import final, fmt, md_table, plot_panels
-from fedfm.experiments.base import EXPERIMENTS, Arm, ArmResult, Experiment
+from fedfm.experiments.base import EXPERIMENTS, QUICK_TEXT, Arm, ArmResult, Experiment
 from fedfm.io import atomic_write_bytes
 
 RANK8 = ("adapter.rank=8", "adapter.alpha=16")
@@ -75,14 +75,7 @@ def _base(quick: bool) -> tuple[str, ...]:
         "eval.per_client=true",
     )
     if quick:
-        return (
-            *common,
-            "rounds=2",
-            "data.num_clients=4",
-            "data.max_train_examples=160",
-            "data.max_test_examples=60",
-            "checkpoint.every=0",
-        )
+        return (*common, *QUICK_TEXT)
     return (
         *common,
         "rounds=15",
