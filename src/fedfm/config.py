@@ -103,6 +103,7 @@ class SystemConfig:
     ranks: tuple[int, ...] = ()  # LoRA rank per client, drawn from this list; [] = adapter.rank
     speeds: tuple[float, ...] = ()  # relative compute speed per client (1.0 = reference)
     layers: tuple[int, ...] = ()  # top transformer layers whose adapters a client trains; [] = all
+    steps: tuple[int, ...] = ()  # local steps per round per client; [] = client.epochs/steps
     deadline: float = 0.0  # per-round budget in local steps at speed 1.0; 0 = no deadline
     late: str = "drop"  # a client that misses the deadline: drop | partial (its steps so far)
     min_rank: int = 0  # clients of lower rank are left out of every round (a baseline)
@@ -252,8 +253,9 @@ def _range_problems(cfg: RunConfig) -> list[str]:
             "system.ranks with adapter.freeze_a = true: a frozen A keeps every component "
             "live, so a client cannot train only its first r; drop one of the two"
         )
-    if any(v < 1 for v in flat["system.layers"]):
-        problems.append(f"system.layers = {list(flat['system.layers'])} must all be >= 1")
+    for key in ("system.layers", "system.steps"):
+        if any(v < 1 for v in flat[key]):
+            problems.append(f"{key} = {list(flat[key])} must all be >= 1")
     if any(not v > 0 for v in flat["system.speeds"]):
         problems.append(f"system.speeds = {list(flat['system.speeds'])} must all be > 0")
     if flat["adapter.freeze_a"] and flat["adapter.method"] != "lora":

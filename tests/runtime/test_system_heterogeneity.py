@@ -6,7 +6,7 @@ import torch
 
 from fedfm.config import SystemConfig, load_config
 from fedfm.errors import ConfigError
-from fedfm.models.lora import lora_bytes_at_rank, lora_pairs
+from fedfm.models.lora import lora_bytes_at_rank, lora_pairs, pad_rank
 from fedfm.models.params import payload_bytes
 from fedfm.runtime import simulation
 from fedfm.runtime.job import build_job
@@ -139,6 +139,37 @@ def test_deadline_drops_or_cuts_short_the_slow_clients(tmp_path, monkeypatch, la
     assert 0 < record["sim_time"] <= 6
 
 
+def test_profile_steps_set_each_clients_local_work(tmp_path, monkeypatch):
+    job = _job(tmp_path, "system.steps=[1, 3]")
+    seen = _spy(monkeypatch)
+    run_round(job, RoundState(round=0, global_params=job.initial_params))
+    for cid, (kw, update) in seen.items():
+        assert update.metrics["steps"] == job.profiles[cid].steps == kw["steps"]
+    assert {job.profiles[c].steps for c in seen} == {1, 3}
+
+
+def test_cut_and_padded_ranks_round_trip():
+    params = {
+        "m.q.lora_A.default.weight": torch.randn(8, 5),
+        "m.q.lora_B.default.weight": torch.randn(7, 8),
+        "head.weight": torch.randn(3, 7),
+    }
+    cut = lora_bytes_at_rank(params, 3)
+    assert cut["m.q.lora_A.default.weight"].shape == (3, 5)
+    back = pad_rank(cut, params)
+    assert {k: v.shape for k, v in back.items()} == {k: v.shape for k, v in params.items()}
+    assert torch.equal(
+        back["m.q.lora_A.default.weight"][:3], params["m.q.lora_A.default.weight"][:3]
+    )
+    assert back["m.q.lora_A.default.weight"][3:].abs().sum() == 0
+    assert back["m.q.lora_B.default.weight"][:, 3:].abs().sum() == 0
+    assert torch.equal(back["head.weight"], params["head.weight"])
+    assert torch.equal(
+        pad_rank(lora_bytes_at_rank(params, 8), params)["m.q.lora_B.default.weight"],
+        params["m.q.lora_B.default.weight"],
+    )
+
+
 def test_system_config_errors():
     with pytest.raises(ConfigError, match="system.ranks = \\[16\\] must lie in \\[1, adapter"):
         load_config(None, ["system.ranks=[16]"])
@@ -146,6 +177,8 @@ def test_system_config_errors():
         load_config(None, ["system.ranks=[2]", "adapter.method=full"])
     with pytest.raises(ConfigError, match="a frozen A keeps every component live"):
         load_config(None, ["system.ranks=[2]", "adapter.freeze_a=true"])
+    with pytest.raises(ConfigError, match=r"system.steps = \[0\] must all be >= 1"):
+        load_config(None, ["system.steps=[0]"])
     with pytest.raises(ConfigError, match="system.late = 'wait'"):
         load_config(None, ["system.late=wait"])
 

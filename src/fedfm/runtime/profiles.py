@@ -26,6 +26,7 @@ class ResourceProfile:
     rank: int  # LoRA components the client trains (0: the model's own rank)
     speed: float  # relative compute speed (1.0 = reference)
     layers: int = 0  # top transformer layers whose tensors it trains (0: all)
+    steps: int = 0  # local steps of a full round (0: from the [client] config)
 
 
 def sample_profiles(num_clients: int, cfg: SystemConfig, *, seed: int) -> list[ResourceProfile]:
@@ -40,9 +41,10 @@ def sample_profiles(num_clients: int, cfg: SystemConfig, *, seed: int) -> list[R
     ranks = rng.choice(cfg.ranks, size=num_clients) if cfg.ranks else [0] * num_clients
     speeds = rng.choice(cfg.speeds, size=num_clients) if cfg.speeds else [1.0] * num_clients
     layers = rng.choice(cfg.layers, size=num_clients) if cfg.layers else [0] * num_clients
+    steps = rng.choice(cfg.steps, size=num_clients) if cfg.steps else [0] * num_clients
     return [
-        ResourceProfile(int(r), float(s), int(n))
-        for r, s, n in zip(ranks, speeds, layers, strict=True)
+        ResourceProfile(int(r), float(s), int(n), int(k))
+        for r, s, n, k in zip(ranks, speeds, layers, steps, strict=True)
     ]
 
 

@@ -94,7 +94,8 @@ def fit_client(
 
     Args:
         rank: train only the first ``rank`` LoRA components and send only those (0: all).
-        steps: local steps instead of ``client.epochs`` (a deadline cut the work short).
+        steps: local steps instead of the ``[client]`` config's (a resource profile's, or
+            what a deadline left); 0: the config's.
         layers: train only the top ``layers`` transformer layers' tensors (0: all); the
             others neither change nor travel up.
     """
@@ -256,7 +257,8 @@ class Work:
     Attributes:
         rank: LoRA components it trains and sends (0: all).
         steps: local steps it gets to do before the deadline (0: it misses it entirely).
-        full_steps: the steps of a whole round of local training.
+        full_steps: the steps of a whole round of local training (its profile's, or the
+            ``[client]`` config's).
         speed: its relative compute speed.
         layers: top transformer layers it trains (0: all).
         left_out: why it takes no part at all (``None``: it trains).
@@ -270,6 +272,7 @@ class Work:
     layers: int
     left_out: str | None = None
     receives: bool = True
+    override_steps: int = 0  # steps to force instead of the [client] config's (0: none)
 
 
 def plan_work(job: Job, client: ClientData) -> Work:
@@ -281,9 +284,11 @@ def plan_work(job: Job, client: ClientData) -> Work:
     if client.id >= len(job.profiles):
         return Work(0, full, full, 1.0, 0)
     profile = job.profiles[client.id]
+    default, full = full, profile.steps or full
     rank = profile.rank if 0 < profile.rank < job.lora_rank else 0
     steps = steps_within_deadline(full, profile.speed, system)
-    work = Work(rank, steps, full, profile.speed, profile.layers)
+    override = steps if steps != default else 0
+    work = Work(rank, steps, full, profile.speed, profile.layers, override_steps=override)
     if system.min_rank and (rank or job.lora_rank) < system.min_rank:
         reason = f"rank {rank} < system.min_rank = {system.min_rank}"
         return replace(work, left_out=reason, receives=False)
@@ -339,7 +344,7 @@ def run_round(
                 state,
                 round_,
                 rank=plan.rank,
-                steps=plan.steps if plan.steps < plan.full_steps else 0,
+                steps=plan.override_steps,
                 layers=plan.layers,
             )
         except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
