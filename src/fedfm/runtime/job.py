@@ -51,6 +51,11 @@ class Job:
     def causal_lm(self) -> bool:
         return self.dataset.task == CAUSAL_LM
 
+    @property
+    def lora_scale(self) -> float:
+        """LoRA's ``alpha / rank``: how much of ``B @ A`` the model adds to a frozen weight."""
+        return self.cfg.adapter.alpha / self.cfg.adapter.rank
+
     @torch.no_grad()
     def apply_backbone_delta(self) -> None:
         """Set frozen weights to their original plus the strategy's ``backbone_delta`` (scaled
@@ -58,12 +63,11 @@ class Job:
         delta = self.strategy.backbone_delta()
         if not delta:
             return
-        scale = self.cfg.adapter.alpha / self.cfg.adapter.rank
         named = dict(self.model.named_parameters())
         for name, d in delta.items():
             weight = named[name]
             original = self._base_weights.setdefault(name, weight.detach().clone())
-            weight.copy_(original + scale * d.to(weight.device, weight.dtype))
+            weight.copy_(original + self.lora_scale * d.to(weight.device, weight.dtype))
 
 
 def _check_model_fits_data(cfg: RunConfig, dataset: Dataset) -> None:

@@ -195,10 +195,9 @@ def _finish(job: Job, run_dir: Path, state: RoundState, wall: float) -> dict[str
         )
     merged = job.strategy.backbone_delta()
     if merged:  # FLoRA without re-projection: the model is the frozen weights plus these
-        scale = job.cfg.adapter.alpha / job.cfg.adapter.rank
         save_params_file(
             run_dir / MERGED_FILE,
-            {k: scale * v for k, v in merged.items()},
+            {k: job.lora_scale * v for k, v in merged.items()},
             backbone=job.backbone,
             **meta,
         )
