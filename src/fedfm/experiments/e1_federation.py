@@ -197,4 +197,6 @@ def _checks(metric: str, lower: bool, runs: Mapping[str, ArmResult], key: str) -
                     "yes" if closed >= 0.5 else "no",
                 ]
             )
-    return "Expected shape: " + md_table(["claim", f"client {metric}", "holds?"], rows)
+    return "### Against the expected shape\n\n" + md_table(
+        ["claim", f"client {metric}", "holds?"], rows
+    )
