@@ -151,3 +151,18 @@ def plot_panels(
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_frontier(panels: Sequence[Panel], path: Any, *, ncols: int = 2) -> None:
+    """Test accuracy against cumulative MB sent (down + up), log x: the cost frontier."""
+    plot_panels(
+        panels,
+        "test_accuracy",
+        path,
+        ylabel="test accuracy",
+        x="cum_bytes",
+        xlabel="cumulative MB sent (down + up), log scale",
+        x_scale=1e-6,
+        logx=True,
+        ncols=ncols,
+    )

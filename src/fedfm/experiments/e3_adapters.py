@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedfm.experiments.analysis import final, fmt, md_table, plot_panels
+from fedfm.experiments.analysis import final, fmt, md_table, plot_frontier, plot_panels
 from fedfm.experiments.base import EXPERIMENTS, QUICK_TEXT, Arm, ArmResult, Experiment
 from fedfm.experiments.probe import probe_client_cost
 
@@ -77,17 +77,7 @@ class AdaptersExperiment(Experiment):
             (f"TREC-6, Dirichlet alpha {a}", {m: [by[m, a]] for m in METHODS if (m, a) in by})
             for a in ALPHAS
         ]
-        plot_panels(
-            panels,
-            "test_accuracy",
-            out_dir / "frontier.png",
-            ylabel="test accuracy",
-            x="cum_bytes",
-            xlabel="cumulative MB sent (down + up), log scale",
-            x_scale=1e-6,
-            logx=True,
-            ncols=2,
-        )
+        plot_frontier(panels, out_dir / "frontier.png", ncols=2)
         plot_panels(
             panels, "test_accuracy", out_dir / "accuracy.png", ylabel="test accuracy", ncols=2
         )

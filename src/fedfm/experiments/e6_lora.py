@@ -23,7 +23,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fedfm.experiments.analysis import final, fmt, md_table, plot_panels
+from fedfm.experiments.analysis import final, fmt, md_table, plot_frontier, plot_panels
 from fedfm.experiments.base import EXPERIMENTS, QUICK_TEXT, Arm, ArmResult, Experiment
 from fedfm.io import atomic_write_bytes
 
@@ -113,15 +113,9 @@ class LoraExperiment(Experiment):
     ) -> str:
         by = {r.arm.name: r for r in results}
         homogeneous = [n for n, (p, _) in ARMS.items() if p in ("aggregation", "compression")]
-        plot_panels(
+        plot_frontier(
             [("rank 8: aggregation and compression", {LABELS[n]: [by[n]] for n in homogeneous})],
-            "test_accuracy",
             out_dir / "frontier.png",
-            ylabel="test accuracy",
-            x="cum_bytes",
-            xlabel="cumulative MB sent (down + up), log scale",
-            x_scale=1e-6,
-            logx=True,
             ncols=1,
         )
         plot_panels(
