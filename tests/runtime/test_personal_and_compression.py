@@ -54,14 +54,11 @@ def test_local_b_stays_with_each_client_and_does_not_travel(tmp_path):
         assert torch.equal(before[c], state.personal[c][b_name]) == (c not in second)
 
 
-def test_local_head_run_resumes_and_saves_every_clients_params(tmp_path):
+def test_local_head_run_resumes_and_saves_every_clients_params(tmp_path, full_and_resumed):
     overrides = ['strategy.personal=["head"]', "rounds=3", "checkpoint.every=1"]
-    full_cfg = _cfg(tmp_path, *overrides, "name=full")
-    full = execute(full_cfg, run_dir=prepare_run_dir(full_cfg, overwrite=False))
-    cut_cfg = _cfg(tmp_path, *overrides, "name=cut")
-    cut_dir = prepare_run_dir(cut_cfg, overwrite=False)
-    execute(cut_cfg, run_dir=cut_dir, stop_after=2)
-    resumed = execute(cut_cfg, run_dir=cut_dir, resume=True)
+    full, resumed, cut_dir = full_and_resumed(
+        [*LORA, f"output_dir={tmp_path}", *overrides], stop_after=2
+    )
     assert resumed["final"] == full["final"]
     assert len(list((cut_dir / "clients").glob("*.safetensors"))) == 6
 
@@ -100,14 +97,9 @@ def test_compressed_uploads_count_their_wire_size_and_still_learn(tmp_path, over
     assert small["final"]["test_accuracy"] > plain["final"]["test_accuracy"] - 0.15
 
 
-def test_error_feedback_state_survives_a_resume(tmp_path):
+def test_error_feedback_state_survives_a_resume(tmp_path, full_and_resumed):
     overrides = ["compression.method=topk", "compression.fraction=0.05", "rounds=3"]
-    full_cfg = _cfg(tmp_path, *overrides, "name=full")
-    full = execute(full_cfg, run_dir=prepare_run_dir(full_cfg, overwrite=False))
-    cut_cfg = _cfg(tmp_path, *overrides, "name=cut")
-    cut_dir = prepare_run_dir(cut_cfg, overwrite=False)
-    execute(cut_cfg, run_dir=cut_dir, stop_after=1)
-    resumed = execute(cut_cfg, run_dir=cut_dir, resume=True)
+    full, resumed, _ = full_and_resumed([*LORA, f"output_dir={tmp_path}", *overrides], stop_after=1)
     assert resumed["final"] == full["final"]
 
 

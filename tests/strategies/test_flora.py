@@ -9,7 +9,7 @@ from fedfm.errors import ConfigError
 from fedfm.models.lora import lora_pairs
 from fedfm.runtime import simulation
 from fedfm.runtime.job import build_job
-from fedfm.runtime.run import MERGED_FILE, execute, prepare_run_dir
+from fedfm.runtime.run import MERGED_FILE
 from fedfm.runtime.simulation import RoundState, run_round
 
 LORA = [
@@ -117,14 +117,11 @@ def test_flora_exact_counts_the_stacks_a_client_missed(tmp_path):
     assert second["bytes_down"] == first["bytes_down"] + 3 * stack_bytes
 
 
-def test_flora_exact_run_resumes_and_saves_its_merged_weights(tmp_path):
+def test_flora_exact_run_resumes_and_saves_its_merged_weights(tmp_path, full_and_resumed):
     overrides = ["strategy.name=flora", "strategy.reproject=false", "rounds=3"]
-    cfg = load_config(None, [*LORA, f"output_dir={tmp_path}", *overrides, "name=full"])
-    full = execute(cfg, run_dir=prepare_run_dir(cfg, overwrite=False))
-    cut_cfg = load_config(None, [*LORA, f"output_dir={tmp_path}", *overrides, "name=cut"])
-    cut_dir = prepare_run_dir(cut_cfg, overwrite=False)
-    execute(cut_cfg, run_dir=cut_dir, stop_after=1)
-    resumed = execute(cut_cfg, run_dir=cut_dir, resume=True)
+    full, resumed, cut_dir = full_and_resumed(
+        [*LORA, f"output_dir={tmp_path}", *overrides], stop_after=1
+    )
     assert resumed["final"] == full["final"]
     assert resumed["total_bytes"] == full["total_bytes"]
     assert (cut_dir / MERGED_FILE).is_file()
