@@ -42,6 +42,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/secagg.py
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

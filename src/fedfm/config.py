@@ -97,6 +97,68 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-level differential privacy (DP-FedAvg, McMahan et al., 2018)."""
+
+    noise: str = "none"  # none | central (the server adds it) | distributed (clients add shares)
+    clip: float = 1.0  # L2 bound on each client's update (the start value when adaptive)
+    adaptive_clip: bool = False  # track a quantile of update norms (Andrew et al., 2021)
+    target_quantile: float = 0.5  # adaptive: share of updates left unclipped
+    clip_lr: float = 0.2  # adaptive: geometric step of the clip norm
+    count_noise: float = 0.0  # adaptive: stddev of the unclipped count's noise; 0 = cohort / 20
+    noise_multiplier: float = 0.0  # noise stddev / clip; 0 = the least that meets target_epsilon
+    target_epsilon: float = 0.0  # the run's privacy budget at delta; 0 = no budget
+    delta: float = 1e-5
+    accountant: str = "rdp"  # rdp | prv (Opacus' accountants)
+    over_budget: str = "refuse"  # refuse to start | stop after the last round the budget allows
+
+
+@dataclass(frozen=True)
+class DPSGDConfig:
+    """Sample-level differential privacy: DP-SGD in every client's local trainer (Opacus)."""
+
+    enabled: bool = False
+    noise_multiplier: float = 1.0  # noise stddev / max_grad_norm
+    max_grad_norm: float = 1.0  # per-example gradient L2 bound
+    delta: float = 1e-5
+    accountant: str = "rdp"  # rdp | prv
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation (SecAgg, Bonawitz et al., 2017): the server learns only the sum."""
+
+    enabled: bool = False
+    threshold: float = 0.67  # share of the cohort whose secret shares rebuild a key (Shamir t)
+    clip: float = 1.0  # every coordinate is clamped to [-clip, clip] before fixed-point encoding
+    dropout: float = 0.0  # share of the cohort that drops after sharing keys (simulated)
+
+
+@dataclass(frozen=True)
+class RobustConfig:
+    """Byzantine-robust aggregation: replaces the weighted mean of client deltas."""
+
+    aggregator: str = "mean"  # mean | median | trimmed_mean | krum | multikrum
+    trim: float = 0.1  # trimmed_mean: share of values cut at each end of every coordinate
+    byzantine: int = 0  # krum / multikrum: attackers tolerated (f); 0 = 30% of the cohort
+    keep: int = 0  # multikrum: updates averaged; 0 = cohort - f
+    norm_bound: float = 0.0  # > 0: scale each update to at most this L2 norm first
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Simulated malicious clients (a seeded, fixed set for the whole run)."""
+
+    kind: str = "none"  # none | label_flip | sign_flip | scale | noise | backdoor
+    fraction: float = 0.0  # share of clients that are malicious
+    scale: float = 10.0  # scale: factor on the update (model replacement); sign_flip: -scale
+    noise_std: float = 0.1  # noise: the update is replaced by N(0, noise_std^2)
+    trigger: str = "cf mn bb"  # backdoor: phrase put in front of the text
+    target_label: int = 0  # backdoor: the label the trigger maps to
+    poison_fraction: float = 0.5  # backdoor: share of a malicious client's examples poisoned
+
+
+@dataclass(frozen=True)
 class SystemConfig:
     """Resource profiles: what each simulated client can do (drawn per client, seeded)."""
 
@@ -137,6 +199,11 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    dpsgd: DPSGDConfig = field(default_factory=DPSGDConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -189,6 +256,14 @@ _NON_NEGATIVE = {
     "adapter.dropout",
     "system.deadline",
     "system.min_rank",
+    "privacy.count_noise",
+    "privacy.noise_multiplier",
+    "privacy.target_epsilon",
+    "robust.byzantine",
+    "robust.keep",
+    "robust.norm_bound",
+    "attack.noise_std",
+    "dpsgd.noise_multiplier",
 }
 _STRICTLY_POSITIVE_FLOATS = {
     "data.alpha",
@@ -196,6 +271,10 @@ _STRICTLY_POSITIVE_FLOATS = {
     "strategy.server_lr",
     "strategy.tau",
     "adapter.alpha",
+    "privacy.clip",
+    "privacy.clip_lr",
+    "dpsgd.max_grad_norm",
+    "secagg.clip",
 }
 _UNIT_INTERVAL = {"strategy.beta1", "strategy.beta2", "strategy.server_momentum"}
 _CHOICES = {
@@ -205,6 +284,23 @@ _CHOICES = {
     "compression.method": ("none", "quantize", "topk"),
     "compression.bits": (1, 2, 4, 8),
     "system.late": ("drop", "partial"),
+    "privacy.noise": ("none", "central", "distributed"),
+    "privacy.accountant": ("rdp", "prv"),
+    "dpsgd.accountant": ("rdp", "prv"),
+    "privacy.over_budget": ("refuse", "stop"),
+    "robust.aggregator": ("mean", "median", "trimmed_mean", "krum", "multikrum"),
+    "attack.kind": ("none", "label_flip", "sign_flip", "scale", "noise", "backdoor"),
+}
+_OPEN_UNIT = {  # (0, 1)
+    "privacy.delta",
+    "dpsgd.delta",
+    "privacy.target_quantile",
+    "secagg.threshold",
+}
+_HALF_OPEN_UNIT = {  # [0, 1)
+    "secagg.dropout",
+    "attack.fraction",
+    "robust.trim",
 }
 
 
@@ -229,8 +325,10 @@ def _range_problems(cfg: RunConfig) -> list[str]:
             problems.append(f"{key} = {value!r} must be >= 0")
         elif key in _STRICTLY_POSITIVE_FLOATS and not value > 0:
             problems.append(f"{key} = {value!r} must be > 0")
-        elif key in _UNIT_INTERVAL and not 0 <= value < 1:
+        elif key in (_UNIT_INTERVAL | _HALF_OPEN_UNIT) and not 0 <= value < 1:
             problems.append(f"{key} = {value!r} must be in [0, 1)")
+        elif key in _OPEN_UNIT and not 0 < value < 1:
+            problems.append(f"{key} = {value!r} must be in (0, 1)")
         elif key in _CHOICES and value not in _CHOICES[key]:
             hint = closest(str(value), [str(c) for c in _CHOICES[key]])
             problems.append(f"{key} = {value!r} is not one of {_CHOICES[key]}.{hint}")
@@ -276,8 +374,72 @@ def _range_problems(cfg: RunConfig) -> list[str]:
             "data.num_clients = 0 means one client per group, which only data.partition = "
             "'natural' has: set data.num_clients >= 1"
         )
+    problems.extend(_privacy_problems(flat))
     if flat["client.epochs"] == 0 and flat["client.steps"] == 0:
         problems.append("client.epochs and client.steps are both 0: set one of them >= 1")
+    return problems
+
+
+def _privacy_problems(flat: dict[str, Any]) -> list[str]:
+    """Settings of privacy, secure aggregation, robustness and attacks that cannot combine."""
+    problems = []
+    noise, robust = flat["privacy.noise"], flat["robust.aggregator"]
+    if (
+        noise != "none"
+        and not flat["privacy.noise_multiplier"]
+        and not flat["privacy.target_epsilon"]
+    ):
+        problems.append(
+            f"privacy.noise = {noise!r} needs privacy.noise_multiplier > 0 or "
+            "privacy.target_epsilon > 0 (the noise is derived from the budget)"
+        )
+    if not 0 <= flat["robust.trim"] < 0.5:
+        problems.append(f"robust.trim = {flat['robust.trim']!r} must be in [0, 0.5)")
+    if noise != "none" and robust != "mean":
+        problems.append(
+            f"privacy.noise = {noise!r} with robust.aggregator = {robust!r}: the accountant's "
+            "guarantee is for a noised sum of clipped updates; use robust.norm_bound instead"
+        )
+    if flat["secagg.enabled"] and robust != "mean":
+        problems.append(
+            f"secagg.enabled = true with robust.aggregator = {robust!r}: the server sees only "
+            "the sum, so it cannot take a median or pick updates; set robust.aggregator = 'mean'"
+        )
+    if flat["secagg.enabled"] and flat["compression.method"] != "none":
+        problems.append(
+            f"secagg.enabled = true with compression.method = {flat['compression.method']!r}: "
+            "masked vectors are dense ring elements; set compression.method = 'none'"
+        )
+    if flat["secagg.enabled"] and flat["robust.norm_bound"] > 0:
+        problems.append(
+            "secagg.enabled = true with robust.norm_bound > 0: the server cannot see an "
+            "update's norm; bound it on the client with privacy.clip (privacy.noise) instead"
+        )
+    noised = noise != "none" or flat["secagg.enabled"] or robust != "mean"
+    if noised and flat["strategy.name"] in ("flora", "scaffold", "local", "centralized"):
+        problems.append(
+            f"strategy.name = {flat['strategy.name']!r} aggregates more than the mean delta, so "
+            "privacy.noise, secagg and robust.aggregator do not apply to it: use fedavg, "
+            "fedprox, fedavgm, fedadam, fedyogi or fedadagrad"
+        )
+    if flat["attack.kind"] != "none" and flat["attack.fraction"] == 0:
+        problems.append(
+            f"attack.kind = {flat['attack.kind']!r} with attack.fraction = 0 attacks nobody: "
+            "set attack.fraction in (0, 1)"
+        )
+    if flat["dpsgd.enabled"] and flat["dpsgd.noise_multiplier"] == 0:
+        problems.append("dpsgd.enabled = true needs dpsgd.noise_multiplier > 0")
+    if flat["dpsgd.enabled"] and flat["strategy.name"] in ("fedprox", "scaffold"):
+        problems.append(
+            f"dpsgd.enabled = true with strategy.name = {flat['strategy.name']!r}: its local "
+            "loss term or gradient correction is not per-example, so DP-SGD would ignore it; "
+            "use fedavg or a server optimiser (fedadam, fedyogi, ...)"
+        )
+    if flat["dpsgd.enabled"] and flat["system.layers"]:
+        problems.append(
+            "dpsgd.enabled = true with system.layers: clients that freeze layers are not "
+            "supported under DP-SGD yet; set system.layers = []"
+        )
     return problems
 
 

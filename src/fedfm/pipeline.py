@@ -42,6 +42,11 @@ class Stage(ABC):
     def decode(self, wire: Params, like: Params) -> Params:
         """Server half: the delta (names, shapes and dtypes of ``like``) from its wire form."""
 
+    def signals(self, delta: Params, generator: torch.Generator) -> dict[str, float]:
+        """Scalars this stage's client half reports beside the update (DP's unclipped bit);
+        called with the stage's input before ``encode``. Each costs 4 bytes up."""
+        return {}
+
 
 class Pipeline:
     """Stages applied in order on the client and undone in reverse on the server.
@@ -58,15 +63,18 @@ class Pipeline:
 
     def client(
         self, delta: Params, state: Params, generator: torch.Generator
-    ) -> tuple[Params, Params]:
-        """``(wire, new state)``; ``state`` holds every stage's entries as ``stage/name``."""
+    ) -> tuple[Params, Params, dict[str, float]]:
+        """``(wire, new state, signals)``; ``state`` holds every stage's entries as
+        ``stage/name``, ``signals`` every stage's scalars as ``stage/name``."""
         new_state: Params = {}
+        signals: dict[str, float] = {}
         for stage in self.stages:
             prefix = f"{stage.name}/"
             own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            signals.update({prefix + k: v for k, v in stage.signals(delta, generator).items()})
             delta, own = stage.encode(delta, own, generator)
             new_state.update({prefix + k: v for k, v in own.items()})
-        return delta, new_state
+        return delta, new_state, signals
 
     def server(self, wire: Params, like: Params) -> Params:
         for stage in reversed(self.stages):
@@ -74,11 +82,15 @@ class Pipeline:
         return wire
 
 
-def build_pipeline(cfg: RunConfig) -> Pipeline:
-    """The pipeline a config asks for (empty: deltas travel as they are)."""
+def build_pipeline(cfg: RunConfig, *, clip: Stage | None = None) -> Pipeline:
+    """The pipeline a config asks for (empty: deltas travel as they are).
+
+    Args:
+        clip: client-level DP's clip (and local noise) stage, which goes first.
+    """
     from fedfm.compression.stage import Compress  # noqa: PLC0415 (stages import this module)
 
-    stages: list[Stage] = []
+    stages: list[Stage] = [clip] if clip is not None else []
     if cfg.compression.method != "none":
         stages.append(Compress(cfg.compression))
     return Pipeline(stages)

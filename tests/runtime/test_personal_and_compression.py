@@ -86,7 +86,7 @@ def test_compressed_uploads_count_their_wire_size_and_still_learn(tmp_path, over
     cfg = _cfg(tmp_path, *dense, "name=small", *overrides)
     small = execute(cfg, run_dir=prepare_run_dir(cfg, overwrite=False))
     job = build_job(cfg)
-    wire, _ = job.pipeline.client(job.initial_params, {}, torch.Generator())
+    wire, _, _ = job.pipeline.client(job.initial_params, {}, torch.Generator())
     per_upload = payload_bytes(wire)  # wire sizes depend on shapes only
     assert per_upload < payload_bytes(job.initial_params)
     for record in read_records(tmp_path / "small" / "metrics.jsonl"):

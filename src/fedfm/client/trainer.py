@@ -7,13 +7,14 @@ backward → the strategy's gradient correction → clipping → optimiser step.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from fedfm.config import ClientConfig
+from fedfm.config import ClientConfig, DPSGDConfig
 from fedfm.data.batching import Batch
 from fedfm.models.params import Params, get_params, trainable_parameters
+from fedfm.privacy.dpsgd import private_training
 from fedfm.strategies.base import LocalHooks
 from fedfm.tasks import Task
 
@@ -57,6 +58,7 @@ def train_locally(
     make_batches: Callable[[int], Iterator[Batch]],
     cfg: ClientConfig,
     hooks: LocalHooks,
+    dpsgd: DPSGDConfig | None = None,
 ) -> LocalResult:
     """Train ``model``'s trainable tensors in place on one client's data.
 
@@ -66,9 +68,34 @@ def train_locally(
         make_batches: ``epoch -> batches`` (seeded by the caller per client, round, epoch).
         cfg: the ``[client]`` config section.
         hooks: the strategy's client half (proximal term, gradient correction).
+        dpsgd: train with DP-SGD (per-example clipping and noise, through Opacus).
     """
     live = trainable_parameters(model)
     optimizer = OPTIMIZERS[cfg.optimizer](list(live.values()), cfg)
+    if dpsgd is not None and dpsgd.enabled:
+        with private_training(model, optimizer, dpsgd, cfg.batch_size) as dp_optimizer:
+            # DP-SGD clips each example's gradient itself: no batch-level clipping on top
+            return _loop(
+                model,
+                task,
+                make_batches,
+                replace(cfg, max_grad_norm=0.0),
+                hooks,
+                live,
+                dp_optimizer,
+            )
+    return _loop(model, task, make_batches, cfg, hooks, live, optimizer)
+
+
+def _loop(
+    model: torch.nn.Module,
+    task: Task,
+    make_batches: Callable[[int], Iterator[Batch]],
+    cfg: ClientConfig,
+    hooks: LocalHooks,
+    live: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+) -> LocalResult:
     device = next(iter(live.values())).device
     correction = (
         {k: v.to(device) for k, v in hooks.grad_correction.items()}

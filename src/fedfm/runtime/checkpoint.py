@@ -28,6 +28,8 @@ class Checkpoint:
     rng: dict[str, Any]
     personal: dict[int, Params] = field(default_factory=dict)
     pipeline_states: dict[int, Params] = field(default_factory=dict)
+    privacy_state: dict[str, float] = field(default_factory=dict)  # the adaptive clip norm
+    dpsgd_steps: dict[int, int] = field(default_factory=dict)  # DP-SGD steps per client
 
 
 def rng_state() -> dict[str, Any]:

@@ -11,19 +11,29 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fedfm.attacks import (
+    DATA_ATTACKS,
+    backdoor_test_set,
+    concat,
+    malicious_clients,
+    poisoned_indices,
+    poisoned_pool,
+)
 from fedfm.config import RunConfig
 from fedfm.data.batching import Encoded, encode
-from fedfm.data.federation import Federation, build_federation, subsample
+from fedfm.data.federation import ClientData, Federation, build_federation, subsample
 from fedfm.errors import ConfigError
 from fedfm.models.adapters import apply_adapter, match_params
 from fedfm.models.lora import rank_of
 from fedfm.models.params import Params, backbone_hash, full_model_bytes, get_params
 from fedfm.pipeline import Pipeline, build_pipeline
+from fedfm.privacy.client_dp import ClientDP
 from fedfm.resources.datasets import load_dataset
 from fedfm.resources.models import load_model
 from fedfm.resources.types import CAUSAL_LM, Dataset
 from fedfm.runtime.profiles import ResourceProfile, sample_profiles
 from fedfm.strategies import STRATEGIES, Strategy
+from fedfm.strategies.reducer import Reducer
 from fedfm.tasks import TASKS, Task
 
 
@@ -45,11 +55,27 @@ class Job:
     personal: frozenset[str] = frozenset()  # trainable tensors each client keeps to itself
     profiles: list[ResourceProfile] = field(default_factory=list)  # one per client
     lora_rank: int = 0  # the model's LoRA rank (0: no LoRA)
+    dp: ClientDP | None = None  # client-level DP: budget, clip norm, noise
+    malicious: frozenset[int] = frozenset()  # attacking clients ([attack])
+    poison_offset: int = 0  # > 0: train[poison_offset:] is the poisoned copy of the pool
+    backdoor_test: Encoded | None = None  # triggered test examples (attack success rate)
     _base_weights: Params = field(default_factory=dict)  # frozen originals under a delta
 
     @property
     def causal_lm(self) -> bool:
         return self.dataset.task == CAUSAL_LM
+
+    @property
+    def rounds(self) -> int:
+        """The rounds this run takes: ``cfg.rounds``, or fewer when the privacy budget stops
+        it early (``privacy.over_budget = "stop"``)."""
+        return min(self.cfg.rounds, self.dp.budget.rounds) if self.dp else self.cfg.rounds
+
+    def client_indices(self, client: ClientData) -> np.ndarray:
+        """A client's training indices into ``train`` (a data attacker's are poisoned)."""
+        if self.poison_offset and client.id in self.malicious:
+            return poisoned_indices(client.train, self.poison_offset, self.cfg.attack, client.id)
+        return client.train
 
     @property
     def lora_scale(self) -> float:
@@ -122,12 +148,47 @@ def build_job(cfg: RunConfig) -> Job:
     )
     strategy.initialize(params)
     personal = match_params(list(params), cfg.strategy.personal, field="strategy.personal")
+    dp = None
+    if cfg.privacy.noise != "none":
+        dp = ClientDP(
+            cfg.privacy,
+            cohort=strategy.cohort_size(len(federation)),
+            num_clients=len(federation),
+            rounds=cfg.rounds,
+        )
+    cohort = strategy.cohort_size(len(federation))
+    if cfg.secagg.enabled and cohort < 3:
+        raise ConfigError(
+            f"secagg.enabled = true needs a cohort of at least 3 (pairwise masks hide a client "
+            f"only among others), got {cohort}: raise strategy.fraction or clients_per_round"
+        )
+    if cfg.robust.aggregator in ("krum", "multikrum") and cohort < 3:
+        raise ConfigError(
+            f"robust.aggregator = {cfg.robust.aggregator!r} scores each update by its distance "
+            f"to the others and needs a cohort of at least 3, got {cohort}: raise "
+            "strategy.fraction or strategy.clients_per_round"
+        )
+    if dp is not None or cfg.secagg.enabled or cfg.robust != type(cfg.robust)():
+        strategy.reducer = Reducer(cfg, dp=dp)
+    encoded_train = encode(train, loaded.tokenizer, max_length=cfg.data.max_length)
+    encoded_test = encode(test, loaded.tokenizer, max_length=cfg.data.max_length)
+    attack = cfg.attack
+    malicious = malicious_clients(len(federation), attack.fraction, cfg.seed)
+    poison_offset, backdoor_test = 0, None
+    if attack.kind in DATA_ATTACKS:
+        pool = poisoned_pool(train, encoded_train, loaded.tokenizer, attack, dataset.num_labels)
+        poison_offset = len(encoded_train)
+        encoded_train = concat(encoded_train, pool)
+    if attack.kind == "backdoor":
+        backdoor_test = backdoor_test_set(
+            test, loaded.tokenizer, attack, max_length=cfg.data.max_length
+        )
     return Job(
         cfg=cfg,
         dataset=dataset,
         federation=federation,
-        train=encode(train, loaded.tokenizer, max_length=cfg.data.max_length),
-        test=encode(test, loaded.tokenizer, max_length=cfg.data.max_length),
+        train=encoded_train,
+        test=encoded_test,
         model=model,
         task=TASKS.get(dataset.task)(dataset.num_labels),
         strategy=strategy,
@@ -135,8 +196,12 @@ def build_job(cfg: RunConfig) -> Job:
         backbone=backbone_hash(model),
         full_model_bytes=full_model_bytes(model),
         total_params=sum(p.numel() for p in model.parameters()),
-        pipeline=build_pipeline(cfg),
+        pipeline=build_pipeline(cfg, clip=dp.stage() if dp is not None else None),
         personal=personal,
         profiles=sample_profiles(len(federation), cfg.system, seed=cfg.seed),
         lora_rank=rank_of(params),
+        dp=dp,
+        malicious=malicious,
+        poison_offset=poison_offset,
+        backdoor_test=backdoor_test,
     )

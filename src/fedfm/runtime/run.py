@@ -36,6 +36,7 @@ from fedfm.runtime.simulation import RoundState, initial_record, run_round, with
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
+LEDGER_FILE = "privacy_ledger.jsonl"  # epsilon spent after every round (client-level DP)
 
 
 def _mb(n: float) -> str:
@@ -58,6 +59,12 @@ def round_line(record: dict[str, Any], rounds: int) -> str:
             parts.append(f"{label} {record[key]:.4f}")
     if "train_loss" in record:
         parts.append(f"train_loss {record['train_loss']:.4f}")
+    if "test_attack_success_rate" in record:
+        parts.append(f"attack success {record['test_attack_success_rate']:.4f}")
+    if "epsilon" in record:
+        parts.append(f"eps {record['epsilon']:.3g}")
+    if "dpsgd_epsilon_max" in record:
+        parts.append(f"dp-sgd eps (worst client) {record['dpsgd_epsilon_max']:.3g}")
     parts.append(f"sent {_mb(record['bytes_down'] + record['bytes_up'])}")
     parts.append(
         f"(cum {_mb(record['cum_bytes'])} vs full model {_mb(record['full_model_cum_bytes'])})"
@@ -98,8 +105,12 @@ def _restore(job: Job, run_dir: Path, log: MetricsLog) -> RoundState:
             f"backbone {job.backbone}: resume with the run's own config.toml"
         )
     job.strategy.load_state_dict(ckpt.strategy_state)
+    if job.dp is not None and ckpt.privacy_state:
+        job.dp.load_state_dict(ckpt.privacy_state)
     restore_rng(ckpt.rng)
     log.truncate_after(ckpt.round)
+    if (run_dir / LEDGER_FILE).exists():
+        MetricsLog(run_dir / LEDGER_FILE).truncate_after(ckpt.round)
     records = read_records(run_dir / METRICS_FILE)
     last = records[-1] if records else {}
     return RoundState(
@@ -108,6 +119,7 @@ def _restore(job: Job, run_dir: Path, log: MetricsLog) -> RoundState:
         client_states=ckpt.client_states,
         personal=ckpt.personal,
         pipeline_states=ckpt.pipeline_states,
+        dpsgd_steps=ckpt.dpsgd_steps,
         cum_bytes=last.get("cum_bytes", 0),
         full_model_cum_bytes=last.get("full_model_cum_bytes", 0),
     )
@@ -125,6 +137,8 @@ def _checkpoint(job: Job, run_dir: Path, state: RoundState) -> None:
             rng=rng_state(),
             personal=state.personal,
             pipeline_states=state.pipeline_states,
+            privacy_state=job.dp.state_dict() if job.dp is not None else {},
+            dpsgd_steps=state.dpsgd_steps,
         ),
     )
 
@@ -163,6 +177,43 @@ def _summary(
         "total_params": job.total_params,
         "backbone_hash": job.backbone,
         "excluded_updates": sum(len(r["excluded"]) for r in records),
+        **_privacy_summary(job, records),
+    }
+
+
+def _privacy_summary(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if job.cfg.dpsgd.enabled and records:
+        out["dpsgd_epsilon_max"] = records[-1].get("dpsgd_epsilon_max")
+        out["dpsgd_delta"] = job.cfg.dpsgd.delta
+    if job.dp is None:
+        return out
+    budget = job.dp.budget
+    return {
+        **out,
+        "epsilon": records[-1].get("epsilon") if records else 0.0,
+        "delta": budget.delta,
+        "noise_multiplier": budget.noise_multiplier,
+        "sample_rate": budget.sample_rate,
+        "accountant": budget.kind,
+        "stopped_by_budget": job.rounds < job.cfg.rounds,
+    }
+
+
+def ledger_entry(job: Job, record: dict[str, Any]) -> dict[str, Any]:
+    """One line of the privacy ledger: what the round spent and under which mechanism."""
+    assert job.dp is not None
+    budget = job.dp.budget
+    return {
+        "round": record["round"],
+        "epsilon": record["epsilon"],
+        "delta": budget.delta,
+        "noise_multiplier": budget.noise_multiplier,
+        "sample_rate": budget.sample_rate,
+        "clip": record.get("dp_clip"),
+        "noise": job.cfg.privacy.noise,
+        "accountant": budget.kind,
+        "target_epsilon": job.cfg.privacy.target_epsilon,
     }
 
 
@@ -224,6 +275,7 @@ def execute(
     with console.status("loading data and model ..."):
         job = build_job(cfg)
     log = MetricsLog(run_dir / METRICS_FILE)
+    ledger = MetricsLog(run_dir / LEDGER_FILE) if job.dp is not None else None
     if resume:
         state = _restore(job, run_dir, log)
         console.print(f"resumed after round {state.round}")
@@ -235,6 +287,21 @@ def execute(
         f" of {job.total_params:,} params · backbone {job.backbone} · {cfg.strategy.name}",
         soft_wrap=True,
     )
+    if job.dp is not None:
+        budget = job.dp.budget
+        target = cfg.privacy.target_epsilon
+        console.print(
+            f"client-level DP ({cfg.privacy.noise} noise): noise multiplier "
+            f"{budget.noise_multiplier:.4g}, sample rate {budget.sample_rate:.3g}, epsilon "
+            f"{budget.epsilon(job.rounds):.3g} after {job.rounds} rounds at delta {budget.delta:g}"
+            + (f" (budget {target:g})" if target else ""),
+            soft_wrap=True,
+        )
+        if job.rounds < cfg.rounds:
+            console.print(
+                f"[yellow]the privacy budget allows {job.rounds} of {cfg.rounds} rounds: the run "
+                "stops there (privacy.over_budget = 'stop')[/]"
+            )
     if cfg.eval.initial and state.round == 0:
         with console.status("evaluating the initial model ..."):
             record = initial_record(job, state)
@@ -249,15 +316,17 @@ def execute(
         console=console,
         transient=True,
     ) as progress:
-        rounds_bar = progress.add_task("rounds", total=cfg.rounds, completed=state.round)
+        rounds_bar = progress.add_task("rounds", total=job.rounds, completed=state.round)
         clients_bar = progress.add_task("clients", total=cohort)
-        while state.round < cfg.rounds:
+        while state.round < job.rounds:
             progress.reset(clients_bar, total=cohort)
             record = run_round(job, state, on_client=lambda _: progress.advance(clients_bar))
             log.append(record)
+            if ledger is not None:
+                ledger.append(ledger_entry(job, record))
             console.print(round_line(record, cfg.rounds), soft_wrap=True, highlight=False)
             if cfg.checkpoint.every and (
-                state.round % cfg.checkpoint.every == 0 or state.round == cfg.rounds
+                state.round % cfg.checkpoint.every == 0 or state.round == job.rounds
             ):
                 _checkpoint(job, run_dir, state)
             progress.advance(rounds_bar)

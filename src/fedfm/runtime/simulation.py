@@ -27,16 +27,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedfm.attacks import MODEL_ATTACKS, poison_delta
 from fedfm.client.trainer import train_locally
 from fedfm.data.batching import batches
 from fedfm.data.federation import ClientData
 from fedfm.errors import FedFMError
 from fedfm.models.lora import lora_bytes_at_rank, pad_rank, truncate_rank
 from fedfm.models.params import Params, payload_bytes, set_params
+from fedfm.privacy.clipping import l2_norm
+from fedfm.privacy.dpsgd import client_epsilon
 from fedfm.runtime.job import Job
 from fedfm.runtime.profiles import frozen_below, steps_within_deadline
-from fedfm.strategies.aggregate import mean_pairwise_cosine, non_finite, subtract
+from fedfm.strategies.aggregate import mean_pairwise_cosine, mismatches, non_finite, subtract
 from fedfm.strategies.base import Update
+from fedfm.strategies.reducer import Reducer
 
 
 def client_seed(seed: int, round_: int, client_id: int, stream: int = 0) -> int:
@@ -56,6 +60,7 @@ class RoundState:
     client_states: dict[int, Params] = field(default_factory=dict)  # the strategy's
     personal: dict[int, Params] = field(default_factory=dict)  # strategy.personal tensors
     pipeline_states: dict[int, Params] = field(default_factory=dict)  # e.g. error feedback
+    dpsgd_steps: dict[int, int] = field(default_factory=dict)  # DP-SGD steps taken per client
     cum_bytes: int = 0
     full_model_cum_bytes: int = 0
 
@@ -114,17 +119,19 @@ def fit_client(
     # dropout; the CPU generator alone: torch.manual_seed costs ~200x more per call
     torch.default_generator.manual_seed(client_seed(cfg.seed, round_, client.id, 0))
 
+    indices = job.client_indices(client)
+
     def make_batches(epoch: int):  # noqa: ANN202
         return batches(
             job.train,
-            client.train,
+            indices,
             batch_size=cfg.client.batch_size,
             causal_lm=job.causal_lm,
             seed=client_seed(cfg.seed, round_, client.id, 1 + epoch),
         )
 
     client_cfg = replace(cfg.client, steps=steps) if steps else cfg.client
-    result = train_locally(job.model, job.task, make_batches, client_cfg, hooks)
+    result = train_locally(job.model, job.task, make_batches, client_cfg, hooks, cfg.dpsgd)
     extras, new_state = job.strategy.client_finish(
         global_params, result.params, payload, client_state, steps=result.steps, lr=cfg.client.lr
     )
@@ -134,13 +141,16 @@ def fit_client(
     full_shapes = shared
     if rank:  # only the client's own components travel
         shared = lora_bytes_at_rank(shared, rank)
+    generator = torch.Generator().manual_seed(
+        client_seed(cfg.seed, round_, client.id, PIPELINE_STREAM)
+    )
+    if cfg.attack.kind in MODEL_ATTACKS and client.id in job.malicious:
+        shared = poison_delta(shared, cfg.attack, generator)
     wire: Params = shared
     pipeline_state: Params = {}
+    signals: dict[str, float] = {}
     if job.pipeline:
-        generator = torch.Generator().manual_seed(
-            client_seed(cfg.seed, round_, client.id, PIPELINE_STREAM)
-        )
-        wire, pipeline_state = job.pipeline.client(
+        wire, pipeline_state, signals = job.pipeline.client(
             shared, state.pipeline_states.get(client.id, {}), generator
         )
         shared = job.pipeline.server(wire, shared)
@@ -152,9 +162,9 @@ def fit_client(
         client_id=client.id,
         delta=received,
         num_examples=client.num_examples,
-        metrics={"train_loss": result.train_loss, "steps": result.steps},
+        metrics={"train_loss": result.train_loss, "steps": result.steps, **signals},
         extras=extras,
-        bytes_up=payload_bytes({**wire, **extras}),
+        bytes_up=payload_bytes({**wire, **extras}) + 4 * len(signals),
         rank=rank,
     )
     return ClientOutcome(update, new_state, personal, pipeline_state)
@@ -229,6 +239,15 @@ def evaluate_round(job: Job, state: RoundState) -> dict[str, Any]:
         record.update(
             evaluate_clients(job, state.global_params, state.client_states, state.personal)
         )
+    if job.backdoor_test is not None and not job.strategy.personalized:
+        set_params(job.model, state.global_params)
+        triggered = batches(
+            job.backdoor_test,
+            np.arange(len(job.backdoor_test)),
+            batch_size=job.cfg.eval.batch_size,
+            causal_lm=False,
+        )
+        record["test_attack_success_rate"] = job.task.evaluate(job.model, triggered)["accuracy"]
     return record
 
 
@@ -351,11 +370,17 @@ def run_round(
             excluded.append({"client": cid, "reason": f"{type(err).__name__}: {err}"})
         else:
             update = outcome.update
-            bad = non_finite(update.delta) + non_finite(update.extras)
-            if bad:
+            wrong = mismatches(update.delta, state.global_params)
+            bad = non_finite(update.delta) + non_finite(update.extras) if not wrong else []
+            if wrong:
+                excluded.append({"client": cid, "reason": f"malformed update: {wrong[:3]}"})
+            elif bad:
                 excluded.append({"client": cid, "reason": f"non-finite values in {bad[:3]}"})
             else:
                 updates.append(update)
+                if cfg.dpsgd.enabled:
+                    steps = int(update.metrics["steps"])
+                    state.dpsgd_steps[cid] = state.dpsgd_steps.get(cid, 0) + steps
                 for store, value in (
                     (state.client_states, outcome.state),
                     (state.personal, outcome.personal),
@@ -366,13 +391,19 @@ def run_round(
         if on_client is not None:
             on_client(cid)
 
+    reduced: dict[str, Any] = {}
     if updates:
         state.global_params = strategy.aggregate(round_, state.global_params, updates)
         job.apply_backbone_delta()
+        if isinstance(strategy.reducer, Reducer):
+            reduced = strategy.reducer.info
+            bytes_down += strategy.reducer.extra_bytes[1]
     elif round_ == 1:
         raise FedFMError(f"every client of round 1 failed: {excluded}")
     state.round = round_
     bytes_up = sum(u.bytes_up for u in updates) if strategy.communicates else 0
+    if isinstance(strategy.reducer, Reducer) and updates:
+        bytes_up += strategy.reducer.extra_bytes[0]
     state.cum_bytes += bytes_down + bytes_up
     if strategy.communicates:
         state.full_model_cum_bytes += 2 * job.full_model_bytes * len(cohort)
@@ -399,9 +430,32 @@ def run_round(
     if system.speeds or system.deadline:
         record["stragglers"] = stragglers
         record["sim_time"] = sim_time
+    record.update(reduced)
+    if job.malicious:
+        record["malicious"] = sorted(job.malicious & {c.id for c in clients})
+    if job.dp is not None:
+        record["epsilon"] = job.dp.epsilon(round_)
+    if cfg.dpsgd.enabled:
+        record["dpsgd_epsilon_max"] = (
+            max(
+                client_epsilon(
+                    cfg.dpsgd,
+                    batch_size=cfg.client.batch_size,
+                    examples=job.federation[cid].num_examples,
+                    steps=steps,
+                )
+                for cid, steps in state.dpsgd_steps.items()
+            )
+            if state.dpsgd_steps
+            else 0.0
+        )
+    if updates:  # what clipping and norm bounds act on (after the client's pipeline)
+        norms = [l2_norm(u.delta) for u in updates]
+        record["update_norm_median"] = float(np.median(norms))
+        record["update_norm_max"] = max(norms)
     if len(updates) >= 2:  # client drift: how aligned the cohort's updates are
         record["update_cosine"] = mean_pairwise_cosine([u.delta for u in updates])
-    if round_ % cfg.eval.every == 0 or round_ == cfg.rounds:
+    if round_ % cfg.eval.every == 0 or round_ == job.rounds:
         record.update(evaluate_round(job, state))
     record["seconds"] = time.perf_counter() - start
     return record

@@ -61,6 +61,25 @@ def non_finite(params: Params) -> list[str]:
     return [k for k, v in params.items() if not torch.isfinite(v).all()]
 
 
+def mismatches(delta: Params, like: Params) -> list[str]:
+    """Why ``delta`` cannot be added to ``like``: missing or unknown names, wrong shapes or
+    dtypes (empty when it fits).
+
+    Example:
+        >>> mismatches({"w": torch.zeros(2)}, {"w": torch.zeros(3), "b": torch.zeros(1)})
+        ['missing b', 'w: shape (2,) != (3,)']
+    """
+    problems = [f"missing {k}" for k in like if k not in delta]
+    problems += [f"unknown {k}" for k in delta if k not in like]
+    for k in delta.keys() & like.keys():
+        got, want = delta[k], like[k]
+        if got.shape != want.shape:
+            problems.append(f"{k}: shape {tuple(got.shape)} != {tuple(want.shape)}")
+        elif got.dtype != want.dtype:
+            problems.append(f"{k}: dtype {got.dtype} != {want.dtype}")
+    return sorted(problems, key=lambda p: (not p.startswith("missing"), p))
+
+
 def gram(deltas: Sequence[Params]) -> torch.Tensor:
     """The ``k x k`` matrix of inner products between ``k`` params dicts, in float64.
 

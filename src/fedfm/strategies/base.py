@@ -85,6 +85,8 @@ class Strategy(ABC):
         self.cfg = cfg
         self.num_clients = num_clients  # the federation's size (SCAFFOLD's N)
         self.personalized = type(self).personalized or bool(cfg.personal)
+        # robust, private or secure reduction of the deltas (strategies.reducer.Reducer)
+        self.reducer: Callable[[int, list[Update]], Params] | None = None
 
     # ------------------------------------------------------------------ server half
     def cohort_size(self, num_clients: int) -> int:
@@ -108,6 +110,10 @@ class Strategy(ABC):
     @abstractmethod
     def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
         """New global params from the round's valid updates (at least one)."""
+
+    def reduce(self, round_: int, updates: list[Update]) -> Params:
+        """The cohort's delta: the example-weighted mean, or the configured reducer's."""
+        return self.reducer(round_, updates) if self.reducer is not None else mean_delta(updates)
 
     def backbone_delta(self) -> Params:
         """Dense changes to frozen weights, by name, that every client applies (scaled by the

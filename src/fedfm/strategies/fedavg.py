@@ -8,7 +8,7 @@ import torch
 
 from fedfm.models.params import Params
 from fedfm.strategies.aggregate import add
-from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update, mean_delta
+from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update
 
 
 @STRATEGIES.register("fedavg")
@@ -26,7 +26,7 @@ class FedAvg(Strategy):
     name = "fedavg"
 
     def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
-        return add(global_params, mean_delta(updates))
+        return add(global_params, self.reduce(round_, updates))
 
 
 def proximal_term(

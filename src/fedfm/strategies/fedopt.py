@@ -18,7 +18,7 @@ import torch
 
 from fedfm.models.params import Params
 from fedfm.strategies.aggregate import zeros_like
-from fedfm.strategies.base import STRATEGIES, Strategy, Update, mean_delta
+from fedfm.strategies.base import STRATEGIES, Strategy, Update
 
 
 class _ServerMomentState(Strategy):
@@ -48,7 +48,7 @@ class FedAvgM(_ServerMomentState):
 
     def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
         beta, lr = self.cfg.server_momentum, self.cfg.server_lr
-        delta = mean_delta(updates)
+        delta = self.reduce(round_, updates)
         m = self.state["m"]
         for k in m:
             m[k] = beta * m[k] + delta[k]
@@ -73,7 +73,7 @@ class FedOpt(_ServerMomentState):
 
     def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
         b1, lr, tau = self._beta1(), self.cfg.server_lr, self.cfg.tau
-        delta = mean_delta(updates)
+        delta = self.reduce(round_, updates)
         m, v = self.state["m"], self.state["v"]
         new = {}
         for k, d in delta.items():

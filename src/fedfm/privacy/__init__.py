@@ -1,0 +1,1 @@
+"""Privacy: clipping, the Gaussian mechanism, accountants, DP-SGD and secure aggregation."""
