@@ -165,6 +165,8 @@ def test_secure_aggregation_survives_dropouts_and_composes_with_dp(tmp_path):
 def test_secure_aggregation_refuses_a_cohort_too_small(tmp_path):
     with pytest.raises(ConfigError, match="secagg"):
         build_job(_cfg(tmp_path, "secagg.enabled=true", "strategy.clients_per_round=2"))
+    with pytest.raises(ConfigError, match="needs 7 survivors to unmask \\(at most 3 may drop\\)"):
+        build_job(_cfg(tmp_path, "secagg.enabled=true", "secagg.dropout=0.4"))
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ for stateful strategies, a few tensors; its params are swapped into the one mode
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,6 +163,15 @@ def build_job(cfg: RunConfig) -> Job:
             f"secagg.enabled = true needs a cohort of at least 3 (pairwise masks hide a client "
             f"only among others), got {cohort}: raise strategy.fraction or clients_per_round"
         )
+    if cfg.secagg.enabled:
+        needed = max(2, math.ceil(cfg.secagg.threshold * cohort))
+        drops = math.floor(cfg.secagg.dropout * cohort)
+        if drops > cohort - needed:
+            raise ConfigError(
+                f"secagg.dropout = {cfg.secagg.dropout:g} drops {drops} of a cohort of {cohort}, "
+                f"but secagg.threshold = {cfg.secagg.threshold:g} needs {needed} survivors to "
+                f"unmask (at most {cohort - needed} may drop): lower one of the two"
+            )
     if cfg.robust.aggregator in ("krum", "multikrum") and cohort < 3:
         raise ConfigError(
             f"robust.aggregator = {cfg.robust.aggregator!r} scores each update by its distance "

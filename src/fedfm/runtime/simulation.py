@@ -317,6 +317,23 @@ def plan_work(job: Job, client: ClientData) -> Work:
     return work
 
 
+def worst_dpsgd_epsilon(job: Job, steps: dict[int, int]) -> float:
+    """The largest sample-level epsilon over the clients that have trained so far."""
+    cfg = job.cfg
+    return max(
+        (
+            client_epsilon(
+                cfg.dpsgd,
+                batch_size=cfg.client.batch_size,
+                examples=job.federation[cid].num_examples,
+                steps=n,
+            )
+            for cid, n in steps.items()
+        ),
+        default=0.0,
+    )
+
+
 def run_round(
     job: Job, state: RoundState, *, on_client: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
@@ -370,6 +387,10 @@ def run_round(
             excluded.append({"client": cid, "reason": f"{type(err).__name__}: {err}"})
         else:
             update = outcome.update
+            if cfg.dpsgd.enabled:  # spent on training, whether or not the update is kept
+                state.dpsgd_steps[cid] = state.dpsgd_steps.get(cid, 0) + int(
+                    update.metrics["steps"]
+                )
             wrong = mismatches(update.delta, state.global_params)
             bad = non_finite(update.delta) + non_finite(update.extras) if not wrong else []
             if wrong:
@@ -378,9 +399,6 @@ def run_round(
                 excluded.append({"client": cid, "reason": f"non-finite values in {bad[:3]}"})
             else:
                 updates.append(update)
-                if cfg.dpsgd.enabled:
-                    steps = int(update.metrics["steps"])
-                    state.dpsgd_steps[cid] = state.dpsgd_steps.get(cid, 0) + steps
                 for store, value in (
                     (state.client_states, outcome.state),
                     (state.personal, outcome.personal),
@@ -436,19 +454,7 @@ def run_round(
     if job.dp is not None:
         record["epsilon"] = job.dp.epsilon(round_)
     if cfg.dpsgd.enabled:
-        record["dpsgd_epsilon_max"] = (
-            max(
-                client_epsilon(
-                    cfg.dpsgd,
-                    batch_size=cfg.client.batch_size,
-                    examples=job.federation[cid].num_examples,
-                    steps=steps,
-                )
-                for cid, steps in state.dpsgd_steps.items()
-            )
-            if state.dpsgd_steps
-            else 0.0
-        )
+        record["dpsgd_epsilon_max"] = worst_dpsgd_epsilon(job, state.dpsgd_steps)
     if updates:  # what clipping and norm bounds act on (after the client's pipeline)
         norms = [l2_norm(u.delta) for u in updates]
         record["update_norm_median"] = float(np.median(norms))

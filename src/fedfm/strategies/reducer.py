@@ -46,20 +46,20 @@ class Reducer:
         self.info, self.extra_bytes = {}, (0, 0)
         deltas = [u.delta for u in updates]
         weights = [float(u.num_examples) for u in updates]
-        if self.cfg.secagg.enabled:
+        if self.cfg.secagg.enabled:  # the server sees no single update: nothing to bound
             return self._secure(round_, updates)
-        if self.dp is not None:
-            total = {k: torch.stack([d[k] for d in deltas]).sum(dim=0) for k in deltas[0]}
-            unclipped = sum(u.metrics.get(DP_SIGNAL, 0.0) for u in updates)
-            mean, info = self.dp.noised_mean(total, unclipped, self._generator(round_))
-            self.info.update(info)
-            return mean
         rb = self.cfg.robust
         if rb.norm_bound > 0:
             deltas, norms = robust.bound_norms(deltas, rb.norm_bound)
             self.info["robust_bounded"] = [
                 u.client_id for u, n in zip(updates, norms, strict=True) if n > rb.norm_bound
             ]
+        if self.dp is not None:
+            total = {k: torch.stack([d[k] for d in deltas]).sum(dim=0) for k in deltas[0]}
+            unclipped = sum(u.metrics.get(DP_SIGNAL, 0.0) for u in updates)
+            mean, info = self.dp.noised_mean(total, unclipped, self._generator(round_))
+            self.info.update(info)
+            return mean
         if rb.aggregator == "median":
             return robust.coordinate_median(deltas)
         if rb.aggregator == "trimmed_mean":
@@ -68,6 +68,7 @@ class Reducer:
             f = rb.byzantine or math.floor(0.3 * len(deltas))
             f = min(f, max(0, len(deltas) - 3))  # Krum needs n > f + 2
             keep = 1 if rb.aggregator == "krum" else (rb.keep or len(deltas) - f)
+            self.info["robust_byzantine"] = f
             mean, kept = robust.multi_krum(deltas, weights, f, min(keep, len(deltas)))
             self.info["robust_kept"] = sorted(updates[i].client_id for i in kept)
             return mean
