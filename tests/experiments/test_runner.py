@@ -265,6 +265,14 @@ def test_a_run_made_before_a_config_key_existed_is_reused(done, tmp_path, monkey
     _run(tmp_path / "out", runs)  # _forbid_runs: nothing is re-run
 
 
+def test_the_same_runs_folder_spelled_another_way_is_reused(done, tmp_path, monkeypatch):
+    """A relative path to the runs folder must not look like a new config and wipe the runs."""
+    _forbid_runs(monkeypatch)
+    monkeypatch.chdir(done.runs.parent)
+    _run(tmp_path / "out", Path(done.runs.name))
+    assert _mtimes(done.runs) == done.mtimes
+
+
 # ---------------------------------------------------------------- redo, resume, --only
 
 

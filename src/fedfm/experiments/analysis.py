@@ -36,6 +36,18 @@ def final(records: Sequence[Record], key: str) -> float:
     return ys[-1] if ys else float("nan")
 
 
+def tail_mean(records: Sequence[Record], key: str, n: int = 3) -> float:
+    """The mean of the last ``n`` logged values of ``key``: steadier than the last value alone
+    when a single-seed curve oscillates (NaN when never logged).
+
+    Example:
+        >>> tail_mean([{"round": r, "a": v} for r, v in enumerate([0.0, 0.5, 0.75, 1.0])], "a")
+        0.75
+    """
+    _, ys = series(records, key)
+    return float(np.mean(ys[-n:])) if ys else float("nan")
+
+
 def rounds_to_target(
     records: Sequence[Record], key: str, target: float, *, higher_is_better: bool = True
 ) -> int | None:

@@ -23,7 +23,14 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fedfm.experiments.analysis import final, fmt, md_table, plot_frontier, plot_panels
+from fedfm.experiments.analysis import (
+    final,
+    fmt,
+    md_table,
+    plot_frontier,
+    plot_panels,
+    tail_mean,
+)
 from fedfm.experiments.base import EXPERIMENTS, QUICK_TEXT, Arm, ArmResult, Experiment
 from fedfm.io import atomic_write_bytes
 
@@ -87,9 +94,12 @@ def _base(quick: bool) -> tuple[str, ...]:
     )
 
 
+def _key(r: ArmResult) -> str:
+    return "client_accuracy_mean" if r.labels["part"] == "personal" else "test_accuracy"
+
+
 def _acc(r: ArmResult) -> float:
-    key = "client_accuracy_mean" if r.labels["part"] == "personal" else "test_accuracy"
-    return final(r.records, key)
+    return final(r.records, _key(r))
 
 
 @EXPERIMENTS.register("lora")
@@ -148,6 +158,7 @@ class LoraExperiment(Experiment):
                 [
                     f"({_roman(r.labels['part'])}) {LABELS[name]}",
                     fmt(_acc(r)),
+                    fmt(tail_mean(r.records, _key(r))),
                     fmt(final(r.records, "client_accuracy_mean")),
                     fmt(final(r.records, "client_accuracy_worst10")),
                     f"{up:,.2f}",
@@ -160,6 +171,7 @@ class LoraExperiment(Experiment):
             [
                 "arm",
                 "accuracy",
+                "mean of last 3 rounds",
                 "client mean",
                 "client worst 10%",
                 "MB up",

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +50,16 @@ def arm_config(arm: Arm, runs_dir: Path) -> RunConfig:
 
 def _same_config(run_dir: Path, cfg: RunConfig) -> bool:
     """Whether the run in ``run_dir`` used ``cfg`` (compared as resolved configs, so a key added
-    to fedfm later, at its default, does not invalidate earlier runs)."""
+    to fedfm later, at its default, does not invalidate earlier runs; ``output_dir`` is where
+    the run lives, not what it computes, so the same runs dir spelled another way matches)."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         return False
     try:
-        return load_config(path) == cfg
+        old = load_config(path)
     except ConfigError:  # written by a fedfm whose keys no longer exist
         return False
+    return replace(old, output_dir=cfg.output_dir) == cfg
 
 
 def run_arm(arm: Arm, runs_dir: Path, console: Console) -> ArmResult:
