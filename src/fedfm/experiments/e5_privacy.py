@@ -18,6 +18,7 @@ from fedfm.experiments.analysis import final, fmt, md_table, plot_panels
 from fedfm.experiments.base import EXPERIMENTS, QUICK_TEXT, Arm, ArmResult, Experiment
 
 EPSILONS = (0.0, 8.0, 4.0, 2.0)  # 0 = no DP (epsilon infinite)
+QUICK_EPSILONS = (0.0, 2.0)
 ADAPTERS = {"lora": (), "ffa": ("adapter.freeze_a=true",)}
 DEFENCES = {
     "mean": (),
@@ -27,6 +28,7 @@ DEFENCES = {
     "normbound": ("robust.norm_bound=1.0",),
 }
 ATTACKERS = (0.1, 0.3)
+QUICK_DEFENCES = ("mean", "median")  # the quick version is a smoke test: fewer arms
 TARGET = 5  # TREC-6 "numeric"
 LABELS = {
     "lora": "LoRA",
@@ -106,7 +108,7 @@ class PrivacyExperiment(Experiment):
                 {"part": "dp", "adapter": adapter, "epsilon": eps},
             )
             for adapter, extra in ADAPTERS.items()
-            for eps in EPSILONS
+            for eps in (QUICK_EPSILONS if quick else EPSILONS)
         ]
         arms.append(
             Arm(
@@ -122,8 +124,9 @@ class PrivacyExperiment(Experiment):
                 (*_attack_base(quick), f"attack.fraction={share}", *extra),
                 {"part": "attack", "defence": defence, "attackers": share},
             )
-            for share in ATTACKERS
+            for share in (ATTACKERS[-1:] if quick else ATTACKERS)
             for defence, extra in DEFENCES.items()
+            if not quick or defence in QUICK_DEFENCES
         ]
         return arms
 
@@ -155,7 +158,7 @@ class PrivacyExperiment(Experiment):
             ncols=2,
         )
         panels = []
-        for share in ATTACKERS:
+        for share in sorted({r.labels["attackers"] for r in attack if r.labels["attackers"]}):
             runs = {
                 LABELS[r.labels["defence"]]: [r] for r in attack if r.labels["attackers"] == share
             }
@@ -275,37 +278,45 @@ def _checks(dp: list[ArmResult], attack: list[ArmResult]) -> str:
         (r.labels["defence"], r.labels["attackers"]): final(r.records, "test_accuracy")
         for r in attack
     }
+    epsilons = sorted({e for _, e in acc}, key=lambda e: -e if e else -float("inf"))
+    finite = [e for e in epsilons if e]  # largest first
+    shares = sorted({s for _, s in asr if s})
+    top = shares[-1]
+    defences = [d for d in DEFENCES if (d, top) in asr]
     monotone = all(
-        acc[(a, 8.0)] >= acc[(a, 2.0)] - 0.02 and acc[(a, 0.0)] >= acc[(a, 2.0)] for a in ADAPTERS
+        acc[(a, 0.0)] >= acc[(a, finite[-1])] and acc[(a, finite[0])] >= acc[(a, finite[-1])] - 0.02
+        for a in ADAPTERS
     )
-    ffa_better = sum(acc[("ffa", e)] > acc[("lora", e)] for e in EPSILONS[1:])
-    robust_best = min(asr[(d, 0.3)] for d in DEFENCES if d != "mean")
+    ffa_better = sum(acc[("ffa", e)] > acc[("lora", e)] for e in finite)
+    robust_best = min(asr[(d, top)] for d in defences if d != "mean")
     rows = [
         [
             "accuracy falls as epsilon shrinks (DP-FedAvg, McMahan et al. 2018)",
             "; ".join(
-                f"{LABELS[a]}: " + " / ".join(fmt(acc[(a, e)]) for e in EPSILONS) for a in ADAPTERS
+                f"{LABELS[a]}: " + " / ".join(fmt(acc[(a, e)]) for e in epsilons) for a in ADAPTERS
             )
-            + " at epsilon inf / 8 / 4 / 2",
+            + " at epsilon "
+            + " / ".join(_eps_label(e) for e in epsilons),
             "yes" if monotone else "no",
         ],
         [
             "FFA-LoRA holds up better than LoRA under DP (Sun et al. 2024)",
-            f"FFA-LoRA ahead at {ffa_better} of 3 finite epsilons",
-            "yes" if ffa_better >= 2 else "no",
+            f"FFA-LoRA ahead at {ffa_better} of {len(finite)} finite epsilons",
+            "yes" if ffa_better > len(finite) / 2 else "no",
         ],
         [
             "a backdoor from a minority of clients succeeds against FedAvg",
-            f"attack success {fmt(asr[('mean', 0.1)])} (10%), {fmt(asr[('mean', 0.3)])} (30%) "
-            f"against {fmt(asr[('mean', 0.0)])} with no attackers",
-            "yes" if asr[("mean", 0.3)] > asr[("mean", 0.0)] + 0.2 else "no",
+            "attack success "
+            + ", ".join(f"{fmt(asr[('mean', s)])} ({s:.0%})" for s in shares)
+            + f" against {fmt(asr[('mean', 0.0)])} with nothing poisoned",
+            "yes" if asr[("mean", top)] > asr[("mean", 0.0)] + 0.2 else "no",
         ],
         [
             "robust aggregation lowers attack success at a small clean-accuracy cost",
-            f"best defence at 30%: attack success {fmt(robust_best)} vs FedAvg "
-            f"{fmt(asr[('mean', 0.3)])}; clean accuracy "
-            + ", ".join(f"{LABELS[d]} {fmt(clean[(d, 0.3)])}" for d in DEFENCES),
-            "yes" if robust_best < asr[("mean", 0.3)] - 0.1 else "no",
+            f"best defence at {top:.0%}: attack success {fmt(robust_best)} vs FedAvg "
+            f"{fmt(asr[('mean', top)])}; clean accuracy "
+            + ", ".join(f"{LABELS[d]} {fmt(clean[(d, top)])}" for d in defences),
+            "yes" if robust_best < asr[("mean", top)] - 0.1 else "no",
         ],
     ]
     return "## Against the published shape\n\n" + md_table(
