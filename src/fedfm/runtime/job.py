@@ -110,6 +110,30 @@ def _check_model_fits_data(cfg: RunConfig, dataset: Dataset) -> None:
         )
 
 
+def _check_cohort(cfg: RunConfig, cohort: int) -> None:
+    """Secure aggregation and Krum need a few clients per round; refuse a cohort too small."""
+    if cfg.secagg.enabled and cohort < 3:
+        raise ConfigError(
+            f"secagg.enabled = true needs a cohort of at least 3 (pairwise masks hide a client "
+            f"only among others), got {cohort}: raise strategy.fraction or clients_per_round"
+        )
+    if cfg.secagg.enabled:
+        needed = max(2, math.ceil(cfg.secagg.threshold * cohort))
+        drops = math.floor(cfg.secagg.dropout * cohort)
+        if drops > cohort - needed:
+            raise ConfigError(
+                f"secagg.dropout = {cfg.secagg.dropout:g} drops {drops} of a cohort of {cohort}, "
+                f"but secagg.threshold = {cfg.secagg.threshold:g} needs {needed} survivors to "
+                f"unmask (at most {cohort - needed} may drop): lower one of the two"
+            )
+    if cfg.robust.aggregator in ("krum", "multikrum") and cohort < 3:
+        raise ConfigError(
+            f"robust.aggregator = {cfg.robust.aggregator!r} scores each update by its distance "
+            f"to the others and needs a cohort of at least 3, got {cohort}: raise "
+            "strategy.fraction or strategy.clients_per_round"
+        )
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` → the first CUDA device if there is one, else the CPU."""
     if name == "auto":
@@ -149,35 +173,11 @@ def build_job(cfg: RunConfig) -> Job:
     )
     strategy.initialize(params)
     personal = match_params(list(params), cfg.strategy.personal, field="strategy.personal")
+    cohort = strategy.cohort_size(len(federation))
+    _check_cohort(cfg, cohort)
     dp = None
     if cfg.privacy.noise != "none":
-        dp = ClientDP(
-            cfg.privacy,
-            cohort=strategy.cohort_size(len(federation)),
-            num_clients=len(federation),
-            rounds=cfg.rounds,
-        )
-    cohort = strategy.cohort_size(len(federation))
-    if cfg.secagg.enabled and cohort < 3:
-        raise ConfigError(
-            f"secagg.enabled = true needs a cohort of at least 3 (pairwise masks hide a client "
-            f"only among others), got {cohort}: raise strategy.fraction or clients_per_round"
-        )
-    if cfg.secagg.enabled:
-        needed = max(2, math.ceil(cfg.secagg.threshold * cohort))
-        drops = math.floor(cfg.secagg.dropout * cohort)
-        if drops > cohort - needed:
-            raise ConfigError(
-                f"secagg.dropout = {cfg.secagg.dropout:g} drops {drops} of a cohort of {cohort}, "
-                f"but secagg.threshold = {cfg.secagg.threshold:g} needs {needed} survivors to "
-                f"unmask (at most {cohort - needed} may drop): lower one of the two"
-            )
-    if cfg.robust.aggregator in ("krum", "multikrum") and cohort < 3:
-        raise ConfigError(
-            f"robust.aggregator = {cfg.robust.aggregator!r} scores each update by its distance "
-            f"to the others and needs a cohort of at least 3, got {cohort}: raise "
-            "strategy.fraction or strategy.clients_per_round"
-        )
+        dp = ClientDP(cfg.privacy, cohort=cohort, num_clients=len(federation), rounds=cfg.rounds)
     if dp is not None or cfg.secagg.enabled or cfg.robust != type(cfg.robust)():
         strategy.reducer = Reducer(cfg, dp=dp)
     encoded_train = encode(train, loaded.tokenizer, max_length=cfg.data.max_length)
