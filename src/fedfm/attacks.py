@@ -20,6 +20,7 @@ from fedfm.models.params import Params
 from fedfm.resources.types import Split
 
 DATA_ATTACKS = ("label_flip", "backdoor")
+TRIGGER_ROOM = 8  # extra tokens allowed for the trigger phrase when texts are re-encoded
 MODEL_ATTACKS = ("sign_flip", "scale", "noise")
 
 
@@ -66,9 +67,9 @@ def with_trigger(texts: list[str], trigger: str) -> list[str]:
 def poisoned_pool(
     train: Split,
     encoded: Encoded,
-    tokenizer,
+    tokenizer,  # noqa: ANN001
     cfg: AttackConfig,
-    num_labels: int,  # noqa: ANN001
+    num_labels: int,
 ) -> Encoded:
     """The poisoned copy of every training example: flipped labels (``c -> C - 1 - c``), or
     the trigger in front of the text with the target label."""
@@ -85,11 +86,8 @@ def poisoned_pool(
         )
     labels = np.full(len(train), cfg.target_label, dtype=np.int64)
     split = Split(with_trigger(list(train.inputs), cfg.trigger), labels)
-    return encode(split, tokenizer, max_length=_max_length(encoded))
-
-
-def _max_length(encoded: Encoded) -> int:
-    return int(encoded.lengths().max()) + 8  # room for the trigger's tokens
+    max_length = int(encoded.lengths().max()) + TRIGGER_ROOM
+    return encode(split, tokenizer, max_length=max_length)
 
 
 def concat(a: Encoded, b: Encoded) -> Encoded:
@@ -116,10 +114,10 @@ def poisoned_indices(indices: np.ndarray, offset: int, cfg: AttackConfig, seed: 
 
 def backdoor_test_set(
     test: Split,
-    tokenizer,
+    tokenizer,  # noqa: ANN001
     cfg: AttackConfig,
     *,
-    max_length: int,  # noqa: ANN001
+    max_length: int,
 ) -> Encoded:
     """Test examples whose true label is not the target, with the trigger, labelled with the
     target: accuracy on it is the attack success rate."""
@@ -127,4 +125,4 @@ def backdoor_test_set(
     keep = np.flatnonzero(test.labels != cfg.target_label)
     texts = with_trigger([test.inputs[i] for i in keep], cfg.trigger)
     split = Split(texts, np.full(len(keep), cfg.target_label, dtype=np.int64))
-    return encode(split, tokenizer, max_length=max_length + 8)
+    return encode(split, tokenizer, max_length=max_length + TRIGGER_ROOM)

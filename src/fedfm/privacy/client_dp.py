@@ -24,7 +24,7 @@ from fedfm.config import PrivacyConfig
 from fedfm.models.params import Params
 from fedfm.pipeline import Stage
 from fedfm.privacy.accountant import Budget, plan_budget
-from fedfm.privacy.clipping import clip_update, next_clip, split_noise_multiplier
+from fedfm.privacy.clipping import clip_update, l2_norm, next_clip, split_noise_multiplier
 from fedfm.privacy.noise import add_gaussian_noise
 
 UNCLIPPED = "unclipped"
@@ -106,8 +106,7 @@ class ClipStage(Stage):
     name = "dp"
 
     def signals(self, delta: Params, generator: torch.Generator) -> dict[str, float]:
-        _, norm = clip_update(delta, self.dp.clip)
-        bit = 1.0 if norm <= self.dp.clip else 0.0
+        bit = 1.0 if l2_norm(delta) <= self.dp.clip else 0.0
         if self.dp.distributed and self.dp.cfg.adaptive_clip:
             share = self.dp.count_stddev / self.dp.cohort**0.5
             bit += float(torch.randn((), generator=generator)) * share

@@ -189,7 +189,6 @@ def unmask(
         revealed: per responding survivor, its shares (``SecAggClient.reveal``).
         threshold: shares needed to rebuild a secret.
     """
-    dropped = set(roster) - survivors
     if len(revealed) < threshold:
         raise SecAggError(
             f"secure aggregation needs {threshold} surviving clients to unmask, got "
@@ -210,7 +209,6 @@ def unmask(
         for u in survivors:
             pair = prg(_pair_seed(key, roster[u].mask), length)
             plain = plain - pair if member > u else plain + pair
-    del dropped
     return plain
 
 

@@ -29,7 +29,7 @@ import torch
 
 from fedfm.attacks import MODEL_ATTACKS, poison_delta
 from fedfm.client.trainer import train_locally
-from fedfm.data.batching import batches
+from fedfm.data.batching import Encoded, batches
 from fedfm.data.federation import ClientData
 from fedfm.errors import FedFMError
 from fedfm.models.lora import lora_bytes_at_rank, pad_rank, truncate_rank
@@ -170,12 +170,15 @@ def fit_client(
     return ClientOutcome(update, new_state, personal, pipeline_state)
 
 
-def evaluate_global(job: Job, params: Params) -> dict[str, float]:
+def evaluate_global(job: Job, params: Params, data: Encoded | None = None) -> dict[str, float]:
+    """``params`` scored on every example of ``data`` (the global test set by default)."""
+    data = job.test if data is None else data
     set_params(job.model, params)
-    test_idx = np.arange(len(job.test))
     return job.task.evaluate(
         job.model,
-        batches(job.test, test_idx, batch_size=job.cfg.eval.batch_size, causal_lm=job.causal_lm),
+        batches(
+            data, np.arange(len(data)), batch_size=job.cfg.eval.batch_size, causal_lm=job.causal_lm
+        ),
     )
 
 
@@ -240,14 +243,8 @@ def evaluate_round(job: Job, state: RoundState) -> dict[str, Any]:
             evaluate_clients(job, state.global_params, state.client_states, state.personal)
         )
     if job.backdoor_test is not None and not job.strategy.personalized:
-        set_params(job.model, state.global_params)
-        triggered = batches(
-            job.backdoor_test,
-            np.arange(len(job.backdoor_test)),
-            batch_size=job.cfg.eval.batch_size,
-            causal_lm=False,
-        )
-        record["test_attack_success_rate"] = job.task.evaluate(job.model, triggered)["accuracy"]
+        triggered = evaluate_global(job, state.global_params, job.backdoor_test)
+        record["test_attack_success_rate"] = triggered["accuracy"]
     return record
 
 
