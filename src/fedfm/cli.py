@@ -4,6 +4,7 @@ fedfm run [CONFIG.toml] [--set key=value ...] [--overwrite]   run a federated jo
 fedfm run --resume runs/<name> [--set rounds=N]               continue from its checkpoint
 fedfm report RUN [RUN ...] [--out DIR]                        overlay runs: plot + table
 fedfm data stats [CONFIG.toml] [--set ...] [--plot FILE]      clients, labels, heterogeneity
+fedfm synth [CONFIG.toml] [--set ...] [--out FILE]            write a synthetic dataset (cached)
 fedfm exp NAME [--quick] [--only GLOB]                        run an experiment, write its report
 fedfm list                                                    what is registered
 """
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from fedfm.errors import FedFMError
 
@@ -67,6 +69,41 @@ def _cmd_data_stats(args: argparse.Namespace, console: Console) -> None:
     plot = Path(args.plot or f"{cfg.data.dataset}-{cfg.data.partition}-stats.png")
     plot_stats(stats, plot)
     console.print(f"plot → {plot}")
+
+
+def _cmd_synth(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.config import load_config
+    from fedfm.synthetic.build import synthesize
+    from fedfm.synthetic.dataset import write_set
+
+    cfg = load_config(args.config, args.set)
+    synthetic = synthesize(cfg, console=console, regenerate=args.regenerate)
+    meta = synthetic.meta
+    table = Table(title=f"synthetic {meta['dataset']}: {meta['kept']} of {meta['generated']} kept")
+    table.add_column("filter")
+    table.add_column("removed", justify="right")
+    for name, count in meta["removed"].items():
+        table.add_row(name, str(count))
+    console.print(table)
+    rate = meta.get("samples_per_second")
+    cont = meta["contamination"]
+    console.print(
+        f"label agreement (probe, out of fold) {meta['label_agreement']:.1%} · relabelled "
+        f"{meta['relabelled']} · per label {meta['per_label']}\n"
+        f"contamination: {cont['shared_ngram']} share a {cont['ngram']}-gram with the test set, "
+        f"{cont['too_similar']} have cosine >= {cont['similarity_threshold']} to a test example "
+        f"(nearest mean {cont['nearest_similarity_mean']:.3f}, max "
+        f"{cont['nearest_similarity_max']:.3f})\n"
+        f"generation: {meta['generation_seconds']:.1f} s"
+        + (f", {rate:.2f} samples/s" if rate else ""),
+        highlight=False,
+    )
+    if args.out:
+        out = Path(args.out)
+        write_set(out, synthetic.rows, {k: v for k, v in meta.items() if k != "format"})
+        console.print(f"wrote {out} and {out.name}.meta.json (use it with synthetic.path)")
+    else:
+        console.print(f"set: {synthetic.path}")
 
 
 def _cmd_exp(args: argparse.Namespace, console: Console) -> None:
@@ -133,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     stats.add_argument("--plot", help="where to save the plot (PNG)")
     stats.set_defaults(func=_cmd_data_stats)
+
+    synth = sub.add_parser("synth", help="generate, filter and cache a synthetic dataset")
+    synth.add_argument("config", nargs="?", help="TOML config ([data] and [synthetic])")
+    synth.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    synth.add_argument("--out", help="also write the set (JSONL + .meta.json) here")
+    synth.add_argument(
+        "--regenerate", action="store_true", help="generate again even if a cached set matches"
+    )
+    synth.set_defaults(func=_cmd_synth)
 
     exp = sub.add_parser("exp", help="run an experiment and write its report (no NAME: list)")
     exp.add_argument("name", nargs="?", help="experiment name; omit to list them")

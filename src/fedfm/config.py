@@ -159,6 +159,32 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class SyntheticConfig:
+    """Labelled examples written by a generative FM, and how the federation uses them."""
+
+    mode: str = "none"  # none | server_warmup | client_mix | synthetic_only
+    size: int = 300  # examples to generate (labels balanced), before the filters
+    ratio: float = 1.0  # client_mix: synthetic examples added per real example of a client
+    warmup_epochs: int = 2  # server_warmup: passes over the synthetic set before round 1
+    path: str = ""  # use this synthetic JSONL (from `fedfm synth --out`) instead of generating
+    descriptions: tuple[str, ...] = ()  # one per label; empty = built-in for bundled datasets
+    seed_file: str = ""  # JSONL of public seed examples {"text", "label"} shown in prompts
+    examples_per_prompt: int = 3  # seed (or built-in) examples listed in each prompt
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 40
+    batch_size: int = 32  # prompts sampled together
+    seed: int = 0  # generation seed (topics, seed examples, sampling)
+    min_words: int = 3  # length filter
+    max_words: int = 60
+    near_duplicate: float = 0.95  # MiniLM cosine at which a later sample is a near-copy
+    min_confidence: float = 0.3  # label filter: the probe's least p(intended label)
+    relabel: bool = False  # label filter: relabel a confident disagreement instead of dropping
+    contamination_ngram: int = 8  # a shared word n-gram with the test set flags a sample
+    contamination_similarity: float = 0.9  # so does a test example this close (cosine)
+
+
+@dataclass(frozen=True)
 class SystemConfig:
     """Resource profiles: what each simulated client can do (drawn per client, seeded)."""
 
@@ -204,6 +230,7 @@ class RunConfig:
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     robust: RobustConfig = field(default_factory=RobustConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -233,6 +260,13 @@ def _invalid(problems: list[str]) -> ConfigError:
 
 _POSITIVE = {
     "rounds",
+    "synthetic.size",
+    "synthetic.warmup_epochs",
+    "synthetic.max_new_tokens",
+    "synthetic.batch_size",
+    "synthetic.min_words",
+    "synthetic.max_words",
+    "synthetic.contamination_ngram",
     "data.min_client_size",
     "data.max_length",
     "data.shards_per_client",
@@ -264,6 +298,8 @@ _NON_NEGATIVE = {
     "robust.norm_bound",
     "attack.noise_std",
     "dpsgd.noise_multiplier",
+    "synthetic.ratio",
+    "synthetic.examples_per_prompt",
 }
 _STRICTLY_POSITIVE_FLOATS = {
     "data.alpha",
@@ -275,6 +311,7 @@ _STRICTLY_POSITIVE_FLOATS = {
     "privacy.clip_lr",
     "dpsgd.max_grad_norm",
     "secagg.clip",
+    "synthetic.temperature",
 }
 _UNIT_INTERVAL = {"strategy.beta1", "strategy.beta2", "strategy.server_momentum"}
 _CHOICES = {
@@ -290,6 +327,7 @@ _CHOICES = {
     "privacy.over_budget": ("refuse", "stop"),
     "robust.aggregator": ("mean", "median", "trimmed_mean", "krum", "multikrum"),
     "attack.kind": ("none", "label_flip", "sign_flip", "scale", "noise", "backdoor"),
+    "synthetic.mode": ("none", "server_warmup", "client_mix", "synthetic_only"),
 }
 _OPEN_UNIT = {  # (0, 1)
     "privacy.delta",
@@ -375,6 +413,7 @@ def _range_problems(cfg: RunConfig) -> list[str]:
             "'natural' has: set data.num_clients >= 1"
         )
     problems.extend(_privacy_problems(flat))
+    problems.extend(_synthetic_problems(flat))
     if flat["client.epochs"] == 0 and flat["client.steps"] == 0:
         problems.append("client.epochs and client.steps are both 0: set one of them >= 1")
     return problems
@@ -440,6 +479,31 @@ def _privacy_problems(flat: dict[str, Any]) -> list[str]:
             "dpsgd.enabled = true with system.layers: clients that freeze layers are not "
             "supported under DP-SGD yet; set system.layers = []"
         )
+    return problems
+
+
+def _synthetic_problems(flat: dict[str, Any]) -> list[str]:
+    problems = []
+    unit = ("synthetic.top_p", "synthetic.near_duplicate", "synthetic.contamination_similarity")
+    for key in unit:
+        if not 0 < flat[key] <= 1:
+            problems.append(f"{key} = {flat[key]!r} must be in (0, 1]")
+    if not 0 <= flat["synthetic.min_confidence"] < 1:
+        value = flat["synthetic.min_confidence"]
+        problems.append(f"synthetic.min_confidence = {value!r} must be in [0, 1)")
+    if flat["synthetic.min_words"] > flat["synthetic.max_words"]:
+        problems.append(
+            f"synthetic.min_words = {flat['synthetic.min_words']} is above synthetic.max_words "
+            f"= {flat['synthetic.max_words']}: no text could pass the length filter"
+        )
+    mode = flat["synthetic.mode"]
+    if mode != "none" and flat["attack.kind"] in ("label_flip", "backdoor"):
+        problems.append(
+            f"synthetic.mode = {mode!r} with attack.kind = {flat['attack.kind']!r}: poisoned "
+            "copies of a mixed real and synthetic pool are not supported; drop one of the two"
+        )
+    if mode == "client_mix" and flat["synthetic.ratio"] == 0:
+        problems.append("synthetic.mode = 'client_mix' with synthetic.ratio = 0 adds nothing")
     return problems
 
 

@@ -4,6 +4,7 @@ from fedfm.experiments import (  # noqa: F401  (registers them)
     e1_federation,
     e2_init,
     e3_adapters,
+    e4_synth,
     e5_privacy,
     e6_lora,
 )

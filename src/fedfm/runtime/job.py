@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from fedfm.attacks import (
     DATA_ATTACKS,
@@ -31,10 +33,13 @@ from fedfm.pipeline import Pipeline, build_pipeline
 from fedfm.privacy.client_dp import ClientDP
 from fedfm.resources.datasets import load_dataset
 from fedfm.resources.models import load_model
-from fedfm.resources.types import CAUSAL_LM, Dataset
+from fedfm.resources.types import CAUSAL_LM, Dataset, Split
 from fedfm.runtime.profiles import ResourceProfile, sample_profiles
 from fedfm.strategies import STRATEGIES, Strategy
 from fedfm.strategies.reducer import Reducer
+from fedfm.synthetic.dataset import SyntheticSet, synthetic_summary
+from fedfm.synthetic.mix import with_synthetic
+from fedfm.synthetic.warmup import server_warmup
 from fedfm.tasks import TASKS, Task
 
 
@@ -60,6 +65,7 @@ class Job:
     malicious: frozenset[int] = frozenset()  # attacking clients ([attack])
     poison_offset: int = 0  # > 0: train[poison_offset:] is the poisoned copy of the pool
     backdoor_test: Encoded | None = None  # triggered test examples (attack success rate)
+    synthetic: dict[str, Any] = field(default_factory=dict)  # the synthetic set and its use
     _base_weights: Params = field(default_factory=dict)  # frozen originals under a delta
 
     @property
@@ -143,8 +149,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_job(cfg: RunConfig) -> Job:
-    """Load data and model, partition, wrap the adapter and set up the strategy."""
+def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None) -> Job:
+    """Load data and model, partition, wrap the adapter and set up the strategy.
+
+    Args:
+        synthetic: the synthetic set of ``[synthetic]`` when the caller made it already
+            (``execute`` does, to show its progress); made here, quietly, otherwise.
+    """
     dataset = load_dataset(cfg.data.dataset)
     _check_model_fits_data(cfg, dataset)
     train = subsample(dataset.train, cfg.data.max_train_examples, seed=cfg.seed)
@@ -153,6 +164,11 @@ def build_job(cfg: RunConfig) -> Job:
         dataset.name, dataset.task, train, test, dataset.label_names, dataset.modality
     )
     federation = build_federation(train, cfg.data, seed=cfg.seed)
+
+    if cfg.synthetic.mode != "none" and synthetic is None:
+        from fedfm.synthetic.build import synthesize  # loads the generator only when needed
+
+        synthetic = synthesize(cfg, console=Console(quiet=True))
 
     torch.manual_seed(cfg.seed)  # the fresh head, LoRA A matrices and random-init baselines
     input_dim = np.asarray(train.inputs).shape[1] if dataset.modality == "features" else 0
@@ -167,6 +183,22 @@ def build_job(cfg: RunConfig) -> Job:
         loaded.model, cfg.adapter, architecture=loaded.architecture, task=dataset.task
     )
     model.to(resolve_device(cfg.device)).eval()
+    task = TASKS.get(dataset.task)(dataset.num_labels)
+    encoded_train = encode(train, loaded.tokenizer, max_length=cfg.data.max_length)
+    encoded_test = encode(test, loaded.tokenizer, max_length=cfg.data.max_length)
+    synthetic_info: dict[str, Any] = {}
+    if synthetic is not None:
+        rows = np.arange(len(encoded_train), len(encoded_train) + len(synthetic))
+        pool = Split(synthetic.texts, synthetic.labels)
+        encoded_train = concat(
+            encoded_train, encode(pool, loaded.tokenizer, max_length=cfg.data.max_length)
+        )
+        federation = with_synthetic(
+            federation, rows, mode=cfg.synthetic.mode, ratio=cfg.synthetic.ratio, seed=cfg.seed
+        )
+        synthetic_info = synthetic_summary(synthetic, cfg.synthetic.mode)
+        if cfg.synthetic.mode == "server_warmup":
+            synthetic_info |= server_warmup(model, task, encoded_train, rows, cfg)
     params = get_params(model)
     strategy = STRATEGIES.get(cfg.strategy.name, field="strategy.name")(
         cfg.strategy, num_clients=len(federation)
@@ -180,8 +212,6 @@ def build_job(cfg: RunConfig) -> Job:
         dp = ClientDP(cfg.privacy, cohort=cohort, num_clients=len(federation), rounds=cfg.rounds)
     if dp is not None or cfg.secagg.enabled or cfg.robust != type(cfg.robust)():
         strategy.reducer = Reducer(cfg, dp=dp)
-    encoded_train = encode(train, loaded.tokenizer, max_length=cfg.data.max_length)
-    encoded_test = encode(test, loaded.tokenizer, max_length=cfg.data.max_length)
     attack = cfg.attack
     malicious = malicious_clients(len(federation), attack.fraction, cfg.seed)
     poison_offset, backdoor_test = 0, None
@@ -200,7 +230,7 @@ def build_job(cfg: RunConfig) -> Job:
         train=encoded_train,
         test=encoded_test,
         model=model,
-        task=TASKS.get(dataset.task)(dataset.num_labels),
+        task=task,
         strategy=strategy,
         initial_params=params,
         backbone=backbone_hash(model),
@@ -214,4 +244,5 @@ def build_job(cfg: RunConfig) -> Job:
         malicious=malicious,
         poison_offset=poison_offset,
         backdoor_test=backdoor_test,
+        synthetic=synthetic_info,
     )

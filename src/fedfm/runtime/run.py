@@ -178,6 +178,7 @@ def _summary(
         "backbone_hash": job.backbone,
         "excluded_updates": sum(len(r["excluded"]) for r in records),
         **_privacy_summary(job, records),
+        **job.synthetic,
     }
 
 
@@ -272,8 +273,19 @@ def execute(
     console = console or Console()
     started = time.perf_counter()
     console.print(f"[bold]fedfm[/] run [cyan]{cfg.run_name}[/] → {run_dir}", soft_wrap=True)
+    synthetic = None
+    if cfg.synthetic.mode != "none":  # outside the status line: generation shows a progress bar
+        from fedfm.synthetic.build import synthesize
+
+        synthetic = synthesize(cfg, console=console)
     with console.status("loading data and model ..."):
-        job = build_job(cfg)
+        job = build_job(cfg, synthetic=synthetic)
+    if "warmup_seconds" in job.synthetic:
+        info = job.synthetic
+        console.print(
+            f"server warm-up: {info['warmup_steps']} steps on {info['warmup_examples']} synthetic "
+            f"examples in {info['warmup_seconds']:.1f} s (loss {info['warmup_loss']:.3f})"
+        )
     log = MetricsLog(run_dir / METRICS_FILE)
     ledger = MetricsLog(run_dir / LEDGER_FILE) if job.dp is not None else None
     if resume:
