@@ -189,9 +189,9 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None) -> Job:
     synthetic_info: dict[str, Any] = {}
     if synthetic is not None:
         rows = np.arange(len(encoded_train), len(encoded_train) + len(synthetic))
-        pool = Split(synthetic.texts, synthetic.labels)
+        written = Split(synthetic.texts, synthetic.labels)
         encoded_train = concat(
-            encoded_train, encode(pool, loaded.tokenizer, max_length=cfg.data.max_length)
+            encoded_train, encode(written, loaded.tokenizer, max_length=cfg.data.max_length)
         )
         federation = with_synthetic(
             federation, rows, mode=cfg.synthetic.mode, ratio=cfg.synthetic.ratio, seed=cfg.seed

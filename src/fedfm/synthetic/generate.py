@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ def generate(
     """
     tokenizer = lm.tokenizer
     assert tokenizer is not None
-    model = lm.model.eval()
+    model: Any = lm.model.eval()  # a transformers causal LM: it has .generate
     device = next(model.parameters()).device
     texts = [spec.prompt(r.label, topic=r.topic, examples=r.examples) for r in requests]
     stops = newline_tokens(tokenizer)
