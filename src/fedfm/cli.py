@@ -79,25 +79,28 @@ def _cmd_synth(args: argparse.Namespace, console: Console) -> None:
     cfg = load_config(args.config, args.set)
     synthetic = synthesize(cfg, console=console, regenerate=args.regenerate)
     meta = synthetic.meta
-    table = Table(title=f"synthetic {meta['dataset']}: {meta['kept']} of {meta['generated']} kept")
+    table = Table(title=f"synthetic set: {len(synthetic)} of {meta.get('generated', '?')} kept")
     table.add_column("filter")
     table.add_column("removed", justify="right")
-    for name, count in meta["removed"].items():
+    for name, count in meta.get("removed", {}).items():
         table.add_row(name, str(count))
     console.print(table)
-    rate = meta.get("samples_per_second")
-    cont = meta["contamination"]
-    console.print(
-        f"label agreement (probe, out of fold) {meta['label_agreement']:.1%} · relabelled "
-        f"{meta['relabelled']} · per label {meta['per_label']}\n"
-        f"contamination: {cont['shared_ngram']} share a {cont['ngram']}-gram with the test set, "
-        f"{cont['too_similar']} have cosine >= {cont['similarity_threshold']} to a test example "
-        f"(nearest mean {cont['nearest_similarity_mean']:.3f}, max "
-        f"{cont['nearest_similarity_max']:.3f})\n"
-        f"generation: {meta['generation_seconds']:.1f} s"
-        + (f", {rate:.2f} samples/s" if rate else ""),
-        highlight=False,
-    )
+    lines = []
+    if "label_agreement" in meta:
+        lines.append(
+            f"label agreement (probe, out of fold) {meta['label_agreement']:.1%} · relabelled "
+            f"{meta['relabelled']} · per label {meta['per_label']}"
+        )
+    if cont := meta.get("contamination"):
+        lines.append(
+            f"contamination: {cont['shared_ngram']} share a {cont['ngram']}-gram with the "
+            f"{cont['test_examples']} test texts, {cont['too_similar']} have cosine >= "
+            f"{cont['similarity_threshold']} to one (nearest: mean "
+            f"{cont['nearest_similarity_mean']:.3f}, max {cont['nearest_similarity_max']:.3f})"
+        )
+    if rate := meta.get("samples_per_second"):
+        lines.append(f"generation: {meta['generation_seconds']:.1f} s, {rate:.2f} samples/s")
+    console.print("\n".join(lines), highlight=False)
     if args.out:
         out = Path(args.out)
         write_set(out, synthetic.rows, {k: v for k, v in meta.items() if k != "format"})

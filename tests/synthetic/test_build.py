@@ -136,3 +136,18 @@ def test_a_set_without_its_sidecar_is_never_read(synthetic_dir, tmp_path):
     assert read_set(copy).rows == made.rows
     with pytest.raises(ConfigError, match="written for the labels"):
         read_set(copy, label_names=("negative", "positive"))
+
+
+def test_the_command_line_reports_the_filters_and_writes_the_set(
+    synthetic_dir, no_generation, tmp_path, capsys
+):
+    from fedfm.cli import main
+
+    out = tmp_path / "mine.jsonl"
+    assert main(["synth", *(x for kv in TINY for x in ("--set", kv)), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "label agreement" in printed and "contamination:" in printed
+    assert "near_duplicate" in printed and "samples/s" in printed
+    written = read_set(out)
+    assert written.rows == build.synthesize(load_config(None, TINY)).rows
+    assert main(["synth", "--set", f"synthetic.path={out}"]) == 0
