@@ -5,6 +5,8 @@ fedfm run --resume runs/<name> [--set rounds=N]               continue from its 
 fedfm report RUN [RUN ...] [--out DIR]                        overlay runs: plot + table
 fedfm data stats [CONFIG.toml] [--set ...] [--plot FILE]      clients, labels, heterogeneity
 fedfm synth [CONFIG.toml] [--set ...] [--out FILE]            write a synthetic dataset (cached)
+fedfm admin init-tls DIR [--host H ...]                       a private CA and a server certificate
+fedfm admin add-client DIR --id ID --out FILE [--cert]        issue a client's credentials
 fedfm exp NAME [--quick] [--only GLOB]                        run an experiment, write its report
 fedfm list                                                    what is registered
 """
@@ -109,6 +111,24 @@ def _cmd_synth(args: argparse.Namespace, console: Console) -> None:
         console.print(f"set: {synthetic.path}")
 
 
+def _cmd_admin(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.runtime.remote.security import add_client, client_certificate, make_tls
+
+    folder = Path(args.dir)
+    if args.admin_command == "init-tls":
+        files = make_tls(folder, args.host or ("localhost", "127.0.0.1"))
+        console.print(
+            f"wrote {files.ca_cert} (give it to the clients), {files.server_cert} and "
+            f"{files.server_key} (keep it private) for {', '.join(args.host or ['localhost'])}"
+        )
+        return
+    add_client(folder, args.id, args.out)
+    console.print(f"issued credentials for {args.id!r} → {args.out} (hand it to that client only)")
+    if args.cert:
+        cert, key = client_certificate(folder, args.id)
+        console.print(f"mutual TLS: {cert} and {key}")
+
+
 def _cmd_exp(args: argparse.Namespace, console: Console) -> None:
     from fedfm.experiments import EXPERIMENTS, run_experiment
 
@@ -182,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--regenerate", action="store_true", help="generate again even if a cached set matches"
     )
     synth.set_defaults(func=_cmd_synth)
+
+    admin = sub.add_parser("admin", help="TLS material and client credentials for fedfm serve")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    tls = admin_sub.add_parser("init-tls", help="a private CA and a server certificate")
+    tls.add_argument("dir", help="folder for ca.pem, ca.key, server.pem, server.key")
+    tls.add_argument(
+        "--host", action="append", help="server host name or IP (repeatable; default localhost)"
+    )
+    tls.set_defaults(func=_cmd_admin)
+    add = admin_sub.add_parser("add-client", help="issue a client's credentials file")
+    add.add_argument("dir", help="the server's folder (clients.json keeps token hashes)")
+    add.add_argument("--id", required=True, help="the client's id")
+    add.add_argument("--out", required=True, help="credentials file to hand to the client")
+    add.add_argument("--cert", action="store_true", help="also a client certificate (mutual TLS)")
+    add.set_defaults(func=_cmd_admin)
 
     exp = sub.add_parser("exp", help="run an experiment and write its report (no NAME: list)")
     exp.add_argument("name", nargs="?", help="experiment name; omit to list them")
