@@ -92,12 +92,12 @@ def load_model(
         raise ConfigError(f"task = '{task}' is unknown; use one of {', '.join(TASKS)}.")
     if task == CLASSIFICATION and num_labels < 2:
         raise ConfigError(f"num_labels = {num_labels}: classification needs num_labels >= 2.")
-    with _quiet_transformers():
+    with quiet_transformers():
         return factory(ModelRequest(task, num_labels, pretrained, input_dim))
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Hide transformers' load chatter ("newly initialized weights", progress bars)."""
     logging = transformers.utils.logging
     verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
@@ -199,7 +199,7 @@ def smollm2_dir() -> Path:
 
 def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
     """Dequantise a GGUF causal LM and save it (with its tokenizer) as a plain HF folder."""
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
         loaded = transformers.AutoModelForCausalLM.from_pretrained(
             folder, gguf_file=gguf_file, dtype=torch.float32

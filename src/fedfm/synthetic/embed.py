@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 import transformers
 
-from fedfm.resources.models import minilm_dir
+from fedfm.resources.models import minilm_dir, quiet_transformers
 
 
 class Encoder:
@@ -17,8 +17,9 @@ class Encoder:
 
     def __init__(self, *, max_length: int = 64, batch_size: int = 128) -> None:
         path = minilm_dir(what="the synthetic-data filters (MiniLM embeddings)")
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        self.model = transformers.AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+        with quiet_transformers():
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+            self.model = transformers.AutoModel.from_pretrained(path, dtype=torch.float32).eval()
         self.max_length = max_length
         self.batch_size = batch_size
 
