@@ -331,19 +331,40 @@ def worst_dpsgd_epsilon(job: Job, steps: dict[int, int]) -> float:
     )
 
 
-def run_round(
-    job: Job, state: RoundState, *, on_client: Callable[[int], None] | None = None
-) -> dict[str, Any]:
-    """Run round ``state.round + 1`` in place on ``state``; return its metrics record."""
+@dataclass
+class RoundPlan:
+    """What the server decides before any client trains (the first half of a round)."""
+
+    round: int
+    cohort: list[int]
+    clients: list[ClientData]  # the cohort's data, or the one pooled client (centralized)
+    payload: Params  # the strategy's tensors sent beside the global params
+    work: dict[int, Work]
+    bytes_down: int
+    started: float
+
+
+@dataclass
+class RoundIntake:
+    """What came back from the clients of one round, as the server takes it in."""
+
+    updates: list[Update] = field(default_factory=list)
+    excluded: list[dict[str, Any]] = field(default_factory=list)
+    stragglers: list[int] = field(default_factory=list)
+    sim_time: float = 0.0
+
+
+def plan_round(job: Job, state: RoundState) -> RoundPlan:
+    """Select the cohort of round ``state.round + 1``, its payload and each client's work;
+    count the bytes sent down."""
     cfg, strategy = job.cfg, job.strategy
     round_ = state.round + 1
-    start = time.perf_counter()
+    started = time.perf_counter()
     cohort = strategy.select(round_, len(job.federation), seed=cfg.seed)
     payload = strategy.payload(round_)
     clients = (
         [job.federation.pooled()] if strategy.pooled else [job.federation[cid] for cid in cohort]
     )
-    system = cfg.system
     work = {c.id: plan_work(job, c) for c in clients}
     sent = {k: v for k, v in state.global_params.items() if k not in job.personal}
     bytes_down = 0
@@ -354,58 +375,88 @@ def run_round(
             rank = work[cid].rank
             own = lora_bytes_at_rank(sent, rank) if rank else sent
             bytes_down += payload_bytes({**own, **payload}) + strategy.extra_down_bytes(cid, round_)
+    return RoundPlan(round_, cohort, clients, payload, work, bytes_down, started)
 
+
+def receive(
+    job: Job,
+    state: RoundState,
+    intake: RoundIntake,
+    client_id: int,
+    outcome: ClientOutcome | None,
+    error: str | None = None,
+) -> None:
+    """Take in one client's work: a failure is recorded, a malformed or non-finite update is
+    rejected with its reason, a good one is kept with the states the client leaves behind."""
+    if outcome is None:
+        intake.excluded.append({"client": client_id, "reason": error or "no update"})
+        return
+    update = outcome.update
+    if job.cfg.dpsgd.enabled:  # spent on training, whether or not the update is kept
+        state.dpsgd_steps[client_id] = state.dpsgd_steps.get(client_id, 0) + int(
+            update.metrics["steps"]
+        )
+    wrong = mismatches(update.delta, state.global_params)
+    bad = non_finite(update.delta) + non_finite(update.extras) if not wrong else []
+    if wrong:
+        intake.excluded.append({"client": client_id, "reason": f"malformed update: {wrong[:3]}"})
+        return
+    if bad:
+        intake.excluded.append({"client": client_id, "reason": f"non-finite values in {bad[:3]}"})
+        return
+    intake.updates.append(update)
+    for store, value in (
+        (state.client_states, outcome.state),
+        (state.personal, outcome.personal),
+        (state.pipeline_states, outcome.pipeline_state),
+    ):
+        if value:
+            store[client_id] = value
+
+
+def run_round(
+    job: Job, state: RoundState, *, on_client: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Run round ``state.round + 1`` in place on ``state``; return its metrics record."""
+    plan = plan_round(job, state)
     job.apply_backbone_delta()  # after a resume, the frozen weights must carry it again
-    updates, excluded, stragglers = [], [], []
-    sim_time = 0.0
-    for client in clients:
-        cid, plan = client.id, work[client.id]
-        if plan.steps < plan.full_steps:
-            stragglers.append(cid)
-        if plan.left_out:
-            excluded.append({"client": cid, "reason": plan.left_out})
-            if on_client is not None:
-                on_client(cid)
-            continue
-        sim_time = max(sim_time, plan.steps / plan.speed)
-        try:
-            outcome = fit_client(
-                job,
-                client,
-                state.global_params,
-                payload,
-                state,
-                round_,
-                rank=plan.rank,
-                steps=plan.override_steps,
-                layers=plan.layers,
-            )
-        except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
-            excluded.append({"client": cid, "reason": f"{type(err).__name__}: {err}"})
+    intake = RoundIntake()
+    for client in plan.clients:
+        cid, work = client.id, plan.work[client.id]
+        if work.steps < work.full_steps:
+            intake.stragglers.append(cid)
+        if work.left_out:
+            intake.excluded.append({"client": cid, "reason": work.left_out})
         else:
-            update = outcome.update
-            if cfg.dpsgd.enabled:  # spent on training, whether or not the update is kept
-                state.dpsgd_steps[cid] = state.dpsgd_steps.get(cid, 0) + int(
-                    update.metrics["steps"]
+            intake.sim_time = max(intake.sim_time, work.steps / work.speed)
+            try:
+                outcome = fit_client(
+                    job,
+                    client,
+                    state.global_params,
+                    plan.payload,
+                    state,
+                    plan.round,
+                    rank=work.rank,
+                    steps=work.override_steps,
+                    layers=work.layers,
                 )
-            wrong = mismatches(update.delta, state.global_params)
-            bad = non_finite(update.delta) + non_finite(update.extras) if not wrong else []
-            if wrong:
-                excluded.append({"client": cid, "reason": f"malformed update: {wrong[:3]}"})
-            elif bad:
-                excluded.append({"client": cid, "reason": f"non-finite values in {bad[:3]}"})
+            except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
+                receive(job, state, intake, cid, None, f"{type(err).__name__}: {err}")
             else:
-                updates.append(update)
-                for store, value in (
-                    (state.client_states, outcome.state),
-                    (state.personal, outcome.personal),
-                    (state.pipeline_states, outcome.pipeline_state),
-                ):
-                    if value:
-                        store[cid] = value
+                receive(job, state, intake, cid, outcome)
         if on_client is not None:
             on_client(cid)
+    return finish_round(job, state, plan, intake)
 
+
+def finish_round(
+    job: Job, state: RoundState, plan: RoundPlan, intake: RoundIntake
+) -> dict[str, Any]:
+    """Aggregate what the round took in, advance ``state`` and return the round's record."""
+    cfg, strategy = job.cfg, job.strategy
+    round_, updates, excluded = plan.round, intake.updates, intake.excluded
+    bytes_down = plan.bytes_down
     reduced: dict[str, Any] = {}
     if updates:
         state.global_params = strategy.aggregate(round_, state.global_params, updates)
@@ -421,10 +472,10 @@ def run_round(
         bytes_up += strategy.reducer.extra_bytes[0]
     state.cum_bytes += bytes_down + bytes_up
     if strategy.communicates:
-        state.full_model_cum_bytes += 2 * job.full_model_bytes * len(cohort)
+        state.full_model_cum_bytes += 2 * job.full_model_bytes * len(plan.cohort)
     record: dict[str, Any] = {
         "round": round_,
-        "cohort": [c.id for c in clients],
+        "cohort": [c.id for c in plan.clients],
         "num_examples": sum(u.num_examples for u in updates),
         "train_loss": (
             float(
@@ -442,12 +493,12 @@ def run_round(
         "full_model_cum_bytes": state.full_model_cum_bytes,
         "excluded": excluded,
     }
-    if system.speeds or system.deadline:
-        record["stragglers"] = stragglers
-        record["sim_time"] = sim_time
+    if cfg.system.speeds or cfg.system.deadline:
+        record["stragglers"] = intake.stragglers
+        record["sim_time"] = intake.sim_time
     record.update(reduced)
     if job.malicious:
-        record["malicious"] = sorted(job.malicious & {c.id for c in clients})
+        record["malicious"] = sorted(job.malicious & {c.id for c in plan.clients})
     if job.dp is not None:
         record["epsilon"] = job.dp.epsilon(round_)
     if cfg.dpsgd.enabled:
@@ -460,5 +511,5 @@ def run_round(
         record["update_cosine"] = mean_pairwise_cosine([u.delta for u in updates])
     if round_ % cfg.eval.every == 0 or round_ == job.rounds:
         record.update(evaluate_round(job, state))
-    record["seconds"] = time.perf_counter() - start
+    record["seconds"] = time.perf_counter() - plan.started
     return record
