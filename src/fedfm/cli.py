@@ -5,6 +5,8 @@ fedfm run --resume runs/<name> [--set rounds=N]               continue from its 
 fedfm report RUN [RUN ...] [--out DIR]                        overlay runs: plot + table
 fedfm data stats [CONFIG.toml] [--set ...] [--plot FILE]      clients, labels, heterogeneity
 fedfm synth [CONFIG.toml] [--set ...] [--out FILE]            write a synthetic dataset (cached)
+fedfm serve CONFIG.toml [--set ...] [--resume]                serve the job to remote clients
+fedfm join --server HOST:PORT --credentials FILE [--ca ...]   a remote client: train when asked
 fedfm admin init-tls DIR [--host H ...]                       a private CA and a server certificate
 fedfm admin add-client DIR --id ID --out FILE [--cert]        issue a client's credentials
 fedfm exp NAME [--quick] [--only GLOB]                        run an experiment, write its report
@@ -111,6 +113,45 @@ def _cmd_synth(args: argparse.Namespace, console: Console) -> None:
         console.print(f"set: {synthetic.path}")
 
 
+def _cmd_serve(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.config import load_config
+    from fedfm.runtime.remote.server import check_remote, remote_backend
+    from fedfm.runtime.run import execute, prepare_run_dir, resume_config
+
+    cfg = load_config(args.config, args.set)
+    check_remote(cfg)
+    if args.resume:
+        run_dir = Path(cfg.output_dir) / cfg.run_name
+        cfg = resume_config(run_dir, args.set)
+        execute(cfg, run_dir=run_dir, resume=True, console=console, backend=remote_backend)
+        return
+    run_dir = prepare_run_dir(cfg, overwrite=args.overwrite)
+    execute(cfg, run_dir=run_dir, console=console, backend=remote_backend)
+
+
+def _cmd_join(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.runtime.remote.client import Connection, join
+    from fedfm.runtime.remote.security import read_credentials
+
+    if args.credentials:
+        client_id, token = read_credentials(args.credentials)
+    elif args.id and args.insecure:
+        client_id, token = args.id, ""
+    else:
+        raise FedFMError("give --credentials FILE (from `fedfm admin add-client`)")
+    if not args.insecure and not args.ca:
+        raise FedFMError("give --ca ca.pem (the server's CA), or --insecure on loopback")
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    conn = Connection(
+        args.server, client_id, token, read(args.ca), read(args.cert), read(args.key), args.insecure
+    )
+    done = join(conn, data=args.data, partition=args.partition, console=console)
+    console.print(f"done: {done['rounds']} rounds on {done['examples']} examples")
+
+
 def _cmd_admin(args: argparse.Namespace, console: Console) -> None:
     from fedfm.runtime.remote.security import add_client, client_certificate, make_tls
 
@@ -202,6 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--regenerate", action="store_true", help="generate again even if a cached set matches"
     )
     synth.set_defaults(func=_cmd_synth)
+
+    serve = sub.add_parser("serve", help="serve a federated job to remote clients over gRPC")
+    serve.add_argument("config", help="TOML config with a [remote] section")
+    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    serve.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    serve.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    serve.set_defaults(func=_cmd_serve)
+
+    join_ = sub.add_parser("join", help="run a remote client of a fedfm serve job")
+    join_.add_argument("--server", required=True, metavar="HOST:PORT")
+    join_.add_argument("--credentials", help="file from `fedfm admin add-client`")
+    join_.add_argument("--id", help="client id (only with --insecure and no credentials)")
+    join_.add_argument("--ca", help="the server's ca.pem")
+    join_.add_argument("--cert", help="client certificate (mutual TLS)")
+    join_.add_argument("--key", help="client key (mutual TLS)")
+    join_.add_argument("--insecure", action="store_true", help="plaintext (loopback tests only)")
+    join_.add_argument("--data", help="your own CSV or JSONL of text and label")
+    join_.add_argument("--partition", type=int, help="registry partition to use (default: yours)")
+    join_.set_defaults(func=_cmd_join)
 
     admin = sub.add_parser("admin", help="TLS material and client credentials for fedfm serve")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True)

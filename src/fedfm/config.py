@@ -185,6 +185,20 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class RemoteConfig:
+    """``fedfm serve``: remote clients over gRPC (ignored by the simulator)."""
+
+    address: str = "localhost:50051"  # where the server listens
+    clients: tuple[str, ...] = ()  # client ids in federation order (client i holds partition i)
+    deadline: float = 600.0  # seconds a round waits for its cohort before closing on a quorum
+    quorum: float = 1.0  # share of the cohort whose updates a round needs to close
+    tls_dir: str = ""  # from `fedfm admin init-tls`: ca.pem, server.pem, server.key, clients.json
+    mutual_tls: bool = False  # also require a client certificate signed by the CA
+    insecure: bool = False  # plaintext on loopback (tests); never across machines
+    max_update_mb: float = 1024.0  # the largest update accepted
+
+
+@dataclass(frozen=True)
 class SystemConfig:
     """Resource profiles: what each simulated client can do (drawn per client, seeded)."""
 
@@ -231,6 +245,7 @@ class RunConfig:
     robust: RobustConfig = field(default_factory=RobustConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -312,6 +327,8 @@ _STRICTLY_POSITIVE_FLOATS = {
     "dpsgd.max_grad_norm",
     "secagg.clip",
     "synthetic.temperature",
+    "remote.deadline",
+    "remote.max_update_mb",
 }
 _UNIT_INTERVAL = {"strategy.beta1", "strategy.beta2", "strategy.server_momentum"}
 _CHOICES = {
@@ -399,6 +416,8 @@ def _range_problems(cfg: RunConfig) -> list[str]:
             f"adapter.freeze_a = true freezes LoRA's A, but adapter.method = "
             f"{flat['adapter.method']!r}: set adapter.method = 'lora' or drop freeze_a"
         )
+    if not 0 < flat["remote.quorum"] <= 1:
+        problems.append(f"remote.quorum = {flat['remote.quorum']!r} must be in (0, 1]")
     if not 0 < flat["strategy.fraction"] <= 1:
         problems.append(f"strategy.fraction = {flat['strategy.fraction']!r} must be in (0, 1]")
     if not 0 <= flat["data.client_eval_fraction"] < 1:

@@ -66,6 +66,7 @@ class Job:
     poison_offset: int = 0  # > 0: train[poison_offset:] is the poisoned copy of the pool
     backdoor_test: Encoded | None = None  # triggered test examples (attack success rate)
     synthetic: dict[str, Any] = field(default_factory=dict)  # the synthetic set and its use
+    tokenizer: Any = None  # the model's tokenizer (None for feature models)
     _base_weights: Params = field(default_factory=dict)  # frozen originals under a delta
 
     @property
@@ -245,4 +246,5 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None) -> Job:
         poison_offset=poison_offset,
         backdoor_test=backdoor_test,
         synthetic=synthetic_info,
+        tokenizer=loaded.tokenizer,
     )

@@ -8,8 +8,11 @@ and at the end ``summary.json``, ``curves.png``, ``adapter.safetensors`` (a pers
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +35,20 @@ from fedfm.runtime.checkpoint import (
     save_checkpoint,
 )
 from fedfm.runtime.job import Job, build_job
-from fedfm.runtime.simulation import RoundState, initial_record, run_round, with_personal
+from fedfm.runtime.simulation import (
+    RoundRunner,
+    RoundState,
+    initial_record,
+    run_round,
+    with_personal,
+)
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
 LEDGER_FILE = "privacy_ledger.jsonl"  # epsilon spent after every round (client-level DP)
+
+
+Backend = Callable[[Job, Path, Console], AbstractContextManager[RoundRunner]]
 
 
 def _mb(n: float) -> str:
@@ -264,11 +276,14 @@ def execute(
     resume: bool = False,
     console: Console | None = None,
     stop_after: int | None = None,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the federated job of ``cfg`` in ``run_dir``; return the summary.
 
     Args:
         stop_after: stop after this round without finishing (to test resume after a crash).
+        backend: ``(job, run_dir, console) -> context manager`` that yields what runs a
+            round (``fedfm serve``'s remote clients); the in-process simulator by default.
     """
     console = console or Console()
     started = time.perf_counter()
@@ -320,19 +335,23 @@ def execute(
         log.append(record)
         console.print(round_line(record, cfg.rounds), soft_wrap=True, highlight=False)
     cohort = job.strategy.cohort_size(len(job.federation))
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    runner_cm = backend(job, run_dir, console) if backend else contextlib.nullcontext(run_round)
+    with (
+        runner_cm as round_runner,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress,
+    ):
         rounds_bar = progress.add_task("rounds", total=job.rounds, completed=state.round)
         clients_bar = progress.add_task("clients", total=cohort)
         while state.round < job.rounds:
             progress.reset(clients_bar, total=cohort)
-            record = run_round(job, state, on_client=lambda _: progress.advance(clients_bar))
+            record = round_runner(job, state, on_client=lambda _: progress.advance(clients_bar))
             log.append(record)
             if ledger is not None:
                 ledger.append(ledger_entry(job, record))

@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -412,6 +412,14 @@ def receive(
     ):
         if value:
             store[client_id] = value
+
+
+class RoundRunner(Protocol):
+    """What runs one round: :func:`run_round` in process, or a remote backend's."""
+
+    def __call__(
+        self, job: Job, state: RoundState, *, on_client: Callable[[int], None] | None = None
+    ) -> dict[str, Any]: ...
 
 
 def run_round(

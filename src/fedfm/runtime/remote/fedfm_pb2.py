@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fedfm/runtime/remote/fedfm.proto\x12\x05\x66\x65\x64\x66m\"A\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x03 \x01(\t\">\n\tJoinReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07session\x18\x03 \x01(\t\"1\n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\"\xb1\x01\n\x06Header\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12%\n\x04meta\x18\x06 \x03(\x0b\x32\x17.fedfm.Header.MetaEntry\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x05\x43hunk\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\r.fedfm.HeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"!\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\x93\x01\n\nFederation\x12,\n\x04Join\x12\x12.fedfm.JoinRequest\x1a\x10.fedfm.JoinReply\x12-\n\x07GetTask\x12\x12.fedfm.TaskRequest\x1a\x0c.fedfm.Chunk0\x01\x12(\n\nSendUpdate\x12\x0c.fedfm.Chunk\x1a\n.fedfm.Ack(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fedfm/runtime/remote/fedfm.proto\x12\x05\x66\x65\x64\x66m\"A\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x03 \x01(\t\">\n\tJoinReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07session\x18\x03 \x01(\t\">\n\x0b\x43onfigReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0b\x63onfig_toml\x18\x03 \x01(\t\"1\n\x0bTaskRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07session\x18\x02 \x01(\t\"\xb1\x01\n\x06Header\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12%\n\x04meta\x18\x06 \x03(\x0b\x32\x17.fedfm.Header.MetaEntry\x1a+\n\tMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x05\x43hunk\x12\x1f\n\x06header\x18\x01 \x01(\x0b\x32\r.fedfm.HeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"!\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xc8\x01\n\nFederation\x12\x33\n\tGetConfig\x12\x12.fedfm.JoinRequest\x1a\x12.fedfm.ConfigReply\x12,\n\x04Join\x12\x12.fedfm.JoinRequest\x1a\x10.fedfm.JoinReply\x12-\n\x07GetTask\x12\x12.fedfm.TaskRequest\x1a\x0c.fedfm.Chunk0\x01\x12(\n\nSendUpdate\x12\x0c.fedfm.Chunk\x1a\n.fedfm.Ack(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,16 +37,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINREQUEST']._serialized_end=108
   _globals['_JOINREPLY']._serialized_start=110
   _globals['_JOINREPLY']._serialized_end=172
-  _globals['_TASKREQUEST']._serialized_start=174
-  _globals['_TASKREQUEST']._serialized_end=223
-  _globals['_HEADER']._serialized_start=226
-  _globals['_HEADER']._serialized_end=403
-  _globals['_HEADER_METAENTRY']._serialized_start=360
-  _globals['_HEADER_METAENTRY']._serialized_end=403
-  _globals['_CHUNK']._serialized_start=405
-  _globals['_CHUNK']._serialized_end=469
-  _globals['_ACK']._serialized_start=471
-  _globals['_ACK']._serialized_end=504
-  _globals['_FEDERATION']._serialized_start=507
-  _globals['_FEDERATION']._serialized_end=654
+  _globals['_CONFIGREPLY']._serialized_start=174
+  _globals['_CONFIGREPLY']._serialized_end=236
+  _globals['_TASKREQUEST']._serialized_start=238
+  _globals['_TASKREQUEST']._serialized_end=287
+  _globals['_HEADER']._serialized_start=290
+  _globals['_HEADER']._serialized_end=467
+  _globals['_HEADER_METAENTRY']._serialized_start=424
+  _globals['_HEADER_METAENTRY']._serialized_end=467
+  _globals['_CHUNK']._serialized_start=469
+  _globals['_CHUNK']._serialized_end=533
+  _globals['_ACK']._serialized_start=535
+  _globals['_ACK']._serialized_end=568
+  _globals['_FEDERATION']._serialized_start=571
+  _globals['_FEDERATION']._serialized_end=771
 # @@protoc_insertion_point(module_scope)

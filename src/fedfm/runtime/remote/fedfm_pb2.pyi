@@ -26,6 +26,16 @@ class JoinReply(_message.Message):
     session: str
     def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., session: _Optional[str] = ...) -> None: ...
 
+class ConfigReply(_message.Message):
+    __slots__ = ("ok", "reason", "config_toml")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_TOML_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    reason: str
+    config_toml: str
+    def __init__(self, ok: _Optional[bool] = ..., reason: _Optional[str] = ..., config_toml: _Optional[str] = ...) -> None: ...
+
 class TaskRequest(_message.Message):
     __slots__ = ("client_id", "session")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]

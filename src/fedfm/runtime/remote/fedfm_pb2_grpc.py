@@ -34,6 +34,11 @@ class FederationStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GetConfig = channel.unary_unary(
+                '/fedfm.Federation/GetConfig',
+                request_serializer=fedfm_dot_runtime_dot_remote_dot_fedfm__pb2.JoinRequest.SerializeToString,
+                response_deserializer=fedfm_dot_runtime_dot_remote_dot_fedfm__pb2.ConfigReply.FromString,
+                _registered_method=True)
         self.Join = channel.unary_unary(
                 '/fedfm.Federation/Join',
                 request_serializer=fedfm_dot_runtime_dot_remote_dot_fedfm__pb2.JoinRequest.SerializeToString,
@@ -53,6 +58,13 @@ class FederationStub:
 
 class FederationServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def GetConfig(self, request, context):
+        """An authenticated client fetches the job's config (to build the same backbone).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Join(self, request, context):
         """A client presents its credentials and its backbone's hash; the server admits or refuses.
@@ -78,6 +90,11 @@ class FederationServicer:
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=fedfm_dot_runtime_dot_remote_dot_fedfm__pb2.JoinRequest.FromString,
+                    response_serializer=fedfm_dot_runtime_dot_remote_dot_fedfm__pb2.ConfigReply.SerializeToString,
+            ),
             'Join': grpc.unary_unary_rpc_method_handler(
                     servicer.Join,
                     request_deserializer=fedfm_dot_runtime_dot_remote_dot_fedfm__pb2.JoinRequest.FromString,
@@ -103,6 +120,33 @@ def add_FederationServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Federation:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedfm.Federation/GetConfig',
+            fedfm_dot_runtime_dot_remote_dot_fedfm__pb2.JoinRequest.SerializeToString,
+            fedfm_dot_runtime_dot_remote_dot_fedfm__pb2.ConfigReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Join(request,

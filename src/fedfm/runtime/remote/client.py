@@ -1,0 +1,242 @@
+"""``fedfm join``: a client process that holds its own data and trains when the server asks.
+
+The client fetches the job's config from the server (after authenticating), builds the
+same backbone and adapter, proves it with the backbone's hash when it joins, then polls for
+tasks. For each task it runs the simulator's own ``fit_client`` on its data and streams the
+update back. It keeps its own strategy state (SCAFFOLD's control variate, error feedback,
+personal tensors) between rounds. A lost connection is retried with exponential backoff.
+
+Its data is a partition of the config's registry dataset (by default the one at its
+position in ``remote.clients``), or the user's own CSV or JSONL file of ``text`` and
+``label`` (a label name or id).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from rich.console import Console
+
+from fedfm.config import RunConfig, config_from_dict
+from fedfm.data.batching import encode
+from fedfm.data.federation import ClientData, Federation
+from fedfm.errors import ConfigError, FedFMError
+from fedfm.resources.types import Split
+from fedfm.runtime.job import Job, build_job
+from fedfm.runtime.remote import fedfm_pb2 as pb
+from fedfm.runtime.remote import fedfm_pb2_grpc as pb_grpc
+from fedfm.runtime.remote.codec import assemble, chunks, decode_params, encode_params
+from fedfm.runtime.simulation import RoundState, fit_client
+
+T = TypeVar("T")
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the server."""
+
+    address: str
+    client_id: str
+    token: str
+    ca: bytes | None = None  # the server's CA (ca.pem); None with insecure
+    cert: bytes | None = None  # client certificate and key, for mutual TLS
+    key: bytes | None = None
+    insecure: bool = False
+
+    def channel(self) -> grpc.Channel:
+        options = [("grpc.max_receive_message_length", 8 << 20)]
+        if self.insecure:
+            return grpc.insecure_channel(self.address, options=options)
+        creds = grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+        return grpc.secure_channel(self.address, creds, options=options)
+
+
+def read_own_data(path: str | Path, label_names: tuple[str, ...]) -> Split:
+    """The user's CSV (header ``text,label``) or JSONL (``{"text", "label"}``) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--data {path} does not exist")
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    texts, labels = [], []
+    for n, row in enumerate(rows, start=1):
+        label = row.get("label")
+        if isinstance(label, str) and label in label_names:
+            label = label_names.index(label)
+        elif isinstance(label, str) and label.isdigit():
+            label = int(label)
+        if not isinstance(label, int) or not 0 <= label < len(label_names) or not row.get("text"):
+            raise ConfigError(
+                f"--data {path} row {n}: label {row.get('label')!r} is not one of "
+                f"{list(label_names)} (or their ids), or the text is empty"
+            )
+        texts.append(str(row["text"]))
+        labels.append(label)
+    if not texts:
+        raise ConfigError(f"--data {path} holds no rows")
+    return Split(texts, np.asarray(labels, dtype=np.int64))
+
+
+def with_own_data(job: Job, split: Split, index: int, name: str) -> tuple[Job, ClientData]:
+    """``job`` whose training pool is the client's own examples, and the client over them."""
+    train = encode(split, job.tokenizer, max_length=job.cfg.data.max_length)
+    client = ClientData(index, name, np.arange(len(split)), np.arange(0))
+    return replace(job, train=train, federation=Federation((client,))), client
+
+
+def _retry(call: Callable[[], T], *, what: str, console: Console, tries: int) -> T:
+    """``call()``, retried with exponential backoff (0.5 s doubling to 8 s) while the server
+    is unreachable."""
+    delay = 0.5
+    for attempt in range(1, tries + 1):
+        try:
+            return call()
+        except grpc.RpcError as err:
+            if err.code() not in RETRYABLE or attempt == tries:
+                raise FedFMError(f"{what}: {err.code().name} ({err.details()})") from None
+            console.print(f"{what}: server unreachable, retrying in {delay:.1f} s")
+            time.sleep(delay)
+            delay = min(2 * delay, 8.0)
+    raise AssertionError("unreachable")
+
+
+def _fetch(
+    stub: pb_grpc.FederationStub, request: pb.TaskRequest, max_bytes: int
+) -> tuple[pb.Header, bytes]:
+    return assemble(stub.GetTask(request, timeout=60), max_bytes=max_bytes)
+
+
+def _send(stub: pb_grpc.FederationStub, stream: list[pb.Chunk]) -> pb.Ack:
+    return stub.SendUpdate(iter(stream), timeout=120)
+
+
+def fetch_config(conn: Connection, *, console: Console, tries: int = 20) -> RunConfig:
+    """The job's config, from the server (authenticated)."""
+    request = pb.JoinRequest(client_id=conn.client_id, token=conn.token)
+
+    def call() -> pb.ConfigReply:
+        with conn.channel() as channel:
+            return pb_grpc.FederationStub(channel).GetConfig(request, timeout=30)
+
+    reply = _retry(call, what="fetching the config", console=console, tries=tries)
+    if not reply.ok:
+        raise FedFMError(f"the server refused client {conn.client_id!r}: {reply.reason}")
+    return config_from_dict(tomllib.loads(reply.config_toml))
+
+
+def join(
+    conn: Connection,
+    *,
+    data: str | None = None,
+    partition: int | None = None,
+    console: Console | None = None,
+    poll: float = 0.2,
+    tries: int = 20,
+) -> dict[str, Any]:
+    """Join the server's job and train until it is done; return what this client did."""
+    console = console or Console()
+    cfg = fetch_config(conn, console=console, tries=tries)
+    if conn.client_id not in cfg.remote.clients:
+        raise FedFMError(f"client {conn.client_id!r} is not in the server's remote.clients")
+    index = cfg.remote.clients.index(conn.client_id)
+    job = build_job(cfg)
+    if data:
+        job, client = with_own_data(
+            job, read_own_data(data, job.dataset.label_names), index, conn.client_id
+        )
+    else:
+        client = job.federation[index if partition is None else partition]
+        client = replace(client, id=index, name=conn.client_id)
+    console.print(
+        f"client {conn.client_id}: {client.num_examples} training examples · backbone "
+        f"{job.backbone}"
+    )
+    with conn.channel() as channel:
+        stub = pb_grpc.FederationStub(channel)
+        join_request = pb.JoinRequest(
+            client_id=conn.client_id, token=conn.token, backbone=job.backbone
+        )
+
+        def admit() -> str:
+            reply = _retry(
+                functools.partial(stub.Join, join_request, timeout=30),
+                what="joining",
+                console=console,
+                tries=tries,
+            )
+            if not reply.accepted:
+                raise FedFMError(f"the server refused client {conn.client_id!r}: {reply.reason}")
+            return reply.session
+
+        session = admit()
+        local = RoundState(round=0, global_params={})  # this client's own states
+        rounds = 0
+        request = pb.TaskRequest(client_id=conn.client_id, session=session)
+        max_bytes = int(cfg.remote.max_update_mb * 2**20)
+        while True:
+            header, blob = _retry(
+                functools.partial(_fetch, stub, request, max_bytes),
+                what="fetching a task",
+                console=console,
+                tries=tries,
+            )
+            if header.kind == "done":
+                break
+            if header.kind == "refused":  # a restarted server forgot the session: join again
+                console.print(f"the server asks to join again ({dict(header.meta)})")
+                session = admit()
+                request = pb.TaskRequest(client_id=conn.client_id, session=session)
+                continue
+            if header.kind == "wait":
+                time.sleep(poll)
+                continue
+            tensors = decode_params(blob, max_bytes=max_bytes)
+            params = {k[7:]: v for k, v in tensors.items() if k.startswith("global/")}
+            payload = {k[8:]: v for k, v in tensors.items() if k.startswith("payload/")}
+            outcome = fit_client(job, client, params, payload, local, header.round)
+            for store, value in (
+                (local.client_states, outcome.state),
+                (local.personal, outcome.personal),
+                (local.pipeline_states, outcome.pipeline_state),
+            ):
+                if value:
+                    store[client.id] = value
+            update = outcome.update
+            body = encode_params(
+                {
+                    **{f"delta/{k}": v for k, v in update.delta.items()},
+                    **{f"extras/{k}": v for k, v in update.extras.items()},
+                }
+            )
+            meta = {
+                "session": session,
+                "num_examples": str(update.num_examples),
+                "metrics": json.dumps(update.metrics),
+                "bytes_up": str(update.bytes_up),
+                "rank": str(update.rank),
+            }
+            stream = list(  # a list, not a generator: a retry sends it again
+                chunks("update", body, round_=header.round, client_id=conn.client_id, meta=meta)
+            )
+            send = functools.partial(_send, stub, stream)
+            ack = _retry(send, what="sending the update", console=console, tries=tries)
+            rounds += 1
+            console.print(
+                f"round {header.round}: sent {len(body):,} bytes, "
+                + ("accepted" if ack.ok else f"rejected ({ack.reason})")
+            )
+    return {"client": conn.client_id, "rounds": rounds, "examples": client.num_examples}
