@@ -170,7 +170,9 @@ class PrivacyExperiment(Experiment):
             ylabel="attack success rate",
             ncols=2,
         )
-        cfg_dp, cfg_attack = dp[0].config, attack[0].config
+        # an attacking arm's config: the 0% row poisons nothing (poison_fraction 0)
+        cfg_dp = dp[0].config
+        cfg_attack = next(r.config for r in attack if r.labels["attackers"])
         return f"""
 ## Setting
 
