@@ -168,8 +168,11 @@ class Coordinator:
         try:
             header, data = assemble(stream, max_bytes=max_bytes)
             client_id, meta = header.client_id, dict(header.meta)
-            with self.lock:
-                if self.sessions.get(client_id) != meta.get("session") or not client_id:
+            if client_id not in self.cfg.remote.clients:
+                raise CodecError(f"unknown client {client_id!r}")
+            update = _decode_update(self, header, data)
+            with self.lock:  # checked and taken in one step: a round cannot close in between
+                if self.sessions.get(client_id) != meta.get("session"):
                     raise CodecError(f"unknown session for client {client_id!r}")
                 if header.round != self.open_round:
                     raise CodecError(
@@ -177,15 +180,13 @@ class Coordinator:
                     )
                 if client_id not in self.members:
                     raise CodecError(f"{client_id!r} is not in round {header.round}'s cohort")
-                if self.members[client_id] in self.arrived:
+                if update.client_id in self.arrived:
                     raise CodecError(f"a second update from {client_id!r} in one round")
-            update = _decode_update(self, header, data)
+                self.arrived[update.client_id] = ClientOutcome(update, {}, {}, {})
+                self.lock.notify_all()
         except (CodecError, ValueError, KeyError) as err:
             self.log("rejected", client=client_id, reason=str(err))
             return pb.Ack(ok=False, reason=str(err))
-        with self.lock:
-            self.arrived[update.client_id] = ClientOutcome(update, {}, {}, {})
-            self.lock.notify_all()
         self.log("update", client=client_id, round=header.round, bytes=len(data))
         return pb.Ack(ok=True)
 

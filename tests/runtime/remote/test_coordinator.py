@@ -1,0 +1,69 @@
+"""The server's intake rules, without a network: a Coordinator fed chunk streams directly."""
+
+import json
+
+import torch
+from rich.console import Console
+
+from fedfm.config import load_config
+from fedfm.runtime.job import build_job
+from fedfm.runtime.remote import fedfm_pb2 as pb
+from fedfm.runtime.remote.codec import chunks, encode_params
+from fedfm.runtime.remote.server import Coordinator
+
+
+def _coordinator(tmp_path) -> Coordinator:
+    cfg = load_config(
+        None,
+        [
+            "data.dataset=digits",
+            "model.name=mlp",
+            "adapter.method=full",
+            "data.num_clients=3",
+            "data.partition=iid",
+            'remote.clients=["a", "b", "c"]',
+            "remote.insecure=true",
+        ],
+    )
+    coord = Coordinator(build_job(cfg), tmp_path, Console(quiet=True))
+    for cid in ("a", "b", "c"):
+        assert coord.join(pb.JoinRequest(client_id=cid, backbone=coord.job.backbone)).accepted
+    coord.open_round, coord.members = 2, {"a": 0, "b": 1}
+    return coord
+
+
+def _update(coord, cid, *, round_=2, session=None, params=None):
+    params = params or {
+        f"delta/{k}": torch.zeros_like(v) for k, v in coord.job.initial_params.items()
+    }
+    meta = {
+        "session": coord.sessions[cid] if session is None else session,
+        "num_examples": "5",
+        "metrics": json.dumps({"train_loss": 1.0, "steps": 1}),
+    }
+    return coord.submit(
+        chunks("update", encode_params(params), round_=round_, client_id=cid, meta=meta)
+    )
+
+
+def test_the_server_takes_one_update_per_cohort_member_of_the_open_round(tmp_path):
+    coord = _coordinator(tmp_path)
+    assert _update(coord, "a").ok and list(coord.arrived) == [0]
+    refusals = {
+        "a second update from 'a'": _update(coord, "a"),
+        "update for round 1, but round 2 is open": _update(coord, "b", round_=1),
+        "'c' is not in round 2's cohort": _update(coord, "c"),
+        "unknown session for client 'b'": _update(coord, "b", session="stolen"),
+        "unexpected tensors": _update(coord, "b", params={"weights": torch.zeros(2)}),
+    }
+    for reason, ack in refusals.items():
+        assert not ack.ok and reason in ack.reason, (reason, ack.reason)
+    assert list(coord.arrived) == [0]
+    events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "rejected" for e in events) == len(refusals)
+
+
+def test_a_client_with_another_backbone_is_refused(tmp_path):
+    coord = _coordinator(tmp_path)
+    reply = coord.join(pb.JoinRequest(client_id="a", backbone="0" * 16))
+    assert not reply.accepted and "is not the server's" in reply.reason
