@@ -64,6 +64,16 @@ class RoundState:
     cum_bytes: int = 0
     full_model_cum_bytes: int = 0
 
+    def keep(self, client_id: int, outcome: ClientOutcome) -> None:
+        """Store the states ``client_id`` keeps until it is next selected (empty ones are not)."""
+        for store, value in (
+            (self.client_states, outcome.state),
+            (self.personal, outcome.personal),
+            (self.pipeline_states, outcome.pipeline_state),
+        ):
+            if value:
+                store[client_id] = value
+
 
 @dataclass
 class ClientOutcome:
@@ -405,13 +415,7 @@ def receive(
         intake.excluded.append({"client": client_id, "reason": f"non-finite values in {bad[:3]}"})
         return
     intake.updates.append(update)
-    for store, value in (
-        (state.client_states, outcome.state),
-        (state.personal, outcome.personal),
-        (state.pipeline_states, outcome.pipeline_state),
-    ):
-        if value:
-            store[client_id] = value
+    state.keep(client_id, outcome)
 
 
 class RoundRunner(Protocol):

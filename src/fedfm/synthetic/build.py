@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedfm.config import RunConfig, SyntheticConfig
+from fedfm.data.labels import label_id
 from fedfm.errors import ConfigError, FedFMError
 from fedfm.io import atomic_write_bytes
 from fedfm.resources.datasets import load_dataset
@@ -72,10 +73,8 @@ def _seed_examples(path: str, label_names: tuple[str, ...]) -> list[list[str]]:
     if not file.is_file():
         raise ConfigError(f"synthetic.seed_file = '{path}' does not exist")
     for n, row in enumerate(read_rows(file), start=1):
-        label = row.get("label")
-        if isinstance(label, str) and label in label_names:
-            label = label_names.index(label)
-        if not isinstance(label, int) or not 0 <= label < len(label_names) or "text" not in row:
+        label = label_id(row.get("label"), label_names)
+        if label is None or "text" not in row:
             raise ConfigError(
                 f"synthetic.seed_file = '{path}' line {n}: label {row.get('label')!r} is not "
                 f"one of the dataset's labels {list(label_names)} (or their ids), or the row "
@@ -153,9 +152,9 @@ def _generate_raw(
     ]
 
 
-def _test_embeddings(encoder: Encoder, texts: list[str]) -> torch.Tensor:
-    """The test set's embeddings, cached by content (embedding a test set takes a while)."""
-    path = synthetic_dir() / f"test-embeddings-{content_key(texts)}.npy"
+def _test_embeddings(encoder: Encoder, texts: list[str], test_key: str) -> torch.Tensor:
+    """The test set's embeddings, cached by its ``content_key`` (embedding it takes a while)."""
+    path = synthetic_dir() / f"test-embeddings-{test_key}.npy"
     if path.is_file():
         return torch.from_numpy(np.load(path))
     emb = encoder(texts)
@@ -169,6 +168,7 @@ def _filter(
     rows: list[dict[str, Any]],
     scfg: SyntheticConfig,
     dataset: Dataset,
+    test_key: str,
     console: Console,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Apply the filters in order; return the kept rows and what each filter did."""
@@ -184,7 +184,7 @@ def _filter(
     with console.status("embedding with MiniLM for the label filter and contamination check ..."):
         encoder = Encoder()
         emb = encoder([texts[i] for i in idx])
-        test_emb = _test_embeddings(encoder, test_texts)
+        test_emb = _test_embeddings(encoder, test_texts, test_key)
     near = near_duplicates(emb, scfg.near_duplicate)
     removed["near_duplicate"] = int((~near).sum())
     idx, emb = idx[near], emb[near]
@@ -297,7 +297,7 @@ def synthesize(
     else:
         rows = _generate_raw(spec, scfg, raw_key, console)
         write_rows(raw_path, rows)
-    kept, report = _filter(rows, scfg, full, console)
+    kept, report = _filter(rows, scfg, full, test_key, console)
     if not kept:
         raise ConfigError(
             f"the filters removed all {len(rows)} generated samples ({report['removed']}): "

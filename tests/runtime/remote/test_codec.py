@@ -6,7 +6,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedfm.runtime.remote import fedfm_pb2 as pb
-from fedfm.runtime.remote.codec import CodecError, assemble, chunks, decode_params, encode_params
+from fedfm.runtime.remote.codec import (
+    CodecError,
+    assemble,
+    chunks,
+    decode_params,
+    encode_groups,
+    encode_params,
+    split_groups,
+)
 
 LIKE = {"a.lora_A": torch.zeros(4, 3), "a.lora_B": torch.zeros(3, 4), "head.bias": torch.zeros(6)}
 LIMIT = 1 << 16
@@ -15,6 +23,21 @@ LIMIT = 1 << 16
 def _params(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randn(v.shape, generator=g) for k, v in LIKE.items()}
+
+
+def test_groups_of_params_share_one_payload_and_split_back_apart():
+    delta, extras = _params(1), {"a.lora_A": torch.ones(2)}  # the same name in two groups
+    back = split_groups(
+        decode_params(encode_groups({"delta": delta, "extras": extras}), max_bytes=LIMIT),
+        ("delta", "extras", "more"),
+    )
+    assert back["more"] == {} and torch.equal(back["extras"]["a.lora_A"], torch.ones(2))
+    assert all(torch.equal(back["delta"][k], delta[k]) for k in delta)
+    for name in ("weights", "other/w", "delta/"):
+        with pytest.raises(
+            CodecError, match=r"unexpected tensor .* \(want delta/\.\.\., extras/\.\.\.\)"
+        ):
+            split_groups({name: torch.zeros(1)}, ("delta", "extras"))
 
 
 def test_params_survive_a_chunked_round_trip_bit_for_bit():

@@ -54,7 +54,7 @@ def test_the_server_takes_one_update_per_cohort_member_of_the_open_round(tmp_pat
         "update for round 1, but round 2 is open": _update(coord, "b", round_=1),
         "'c' is not in round 2's cohort": _update(coord, "c"),
         "unknown session for client 'b'": _update(coord, "b", session="stolen"),
-        "unexpected tensors": _update(coord, "b", params={"weights": torch.zeros(2)}),
+        "unexpected tensor": _update(coord, "b", params={"weights": torch.zeros(2)}),
     }
     for reason, ack in refusals.items():
         assert not ack.ok and reason in ack.reason, (reason, ack.reason)

@@ -30,12 +30,19 @@ from rich.console import Console
 from fedfm.config import RunConfig, config_from_dict
 from fedfm.data.batching import encode
 from fedfm.data.federation import ClientData, Federation
+from fedfm.data.labels import label_id
 from fedfm.errors import ConfigError, FedFMError
 from fedfm.resources.types import Split
 from fedfm.runtime.job import Job, build_job
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote import fedfm_pb2_grpc as pb_grpc
-from fedfm.runtime.remote.codec import assemble, chunks, decode_params, encode_params
+from fedfm.runtime.remote.codec import (
+    assemble,
+    chunks,
+    decode_params,
+    encode_groups,
+    split_groups,
+)
 from fedfm.runtime.simulation import RoundState, fit_client
 
 T = TypeVar("T")
@@ -74,12 +81,8 @@ def read_own_data(path: str | Path, label_names: tuple[str, ...]) -> Split:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     texts, labels = [], []
     for n, row in enumerate(rows, start=1):
-        label = row.get("label")
-        if isinstance(label, str) and label in label_names:
-            label = label_names.index(label)
-        elif isinstance(label, str) and label.isdigit():
-            label = int(label)
-        if not isinstance(label, int) or not 0 <= label < len(label_names) or not row.get("text"):
+        label = label_id(row.get("label"), label_names)
+        if label is None or not row.get("text"):
             raise ConfigError(
                 f"--data {path} row {n}: label {row.get('label')!r} is not one of "
                 f"{list(label_names)} (or their ids), or the text is empty"
@@ -204,24 +207,11 @@ def join(
             if header.kind == "wait":
                 time.sleep(poll)
                 continue
-            tensors = decode_params(blob, max_bytes=max_bytes)
-            params = {k[7:]: v for k, v in tensors.items() if k.startswith("global/")}
-            payload = {k[8:]: v for k, v in tensors.items() if k.startswith("payload/")}
-            outcome = fit_client(job, client, params, payload, local, header.round)
-            for store, value in (
-                (local.client_states, outcome.state),
-                (local.personal, outcome.personal),
-                (local.pipeline_states, outcome.pipeline_state),
-            ):
-                if value:
-                    store[client.id] = value
+            task = split_groups(decode_params(blob, max_bytes=max_bytes), ("global", "payload"))
+            outcome = fit_client(job, client, task["global"], task["payload"], local, header.round)
+            local.keep(client.id, outcome)
             update = outcome.update
-            body = encode_params(
-                {
-                    **{f"delta/{k}": v for k, v in update.delta.items()},
-                    **{f"extras/{k}": v for k, v in update.extras.items()},
-                }
-            )
+            body = encode_groups({"delta": update.delta, "extras": update.extras})
             meta = {
                 "session": session,
                 "num_examples": str(update.num_examples),

@@ -39,6 +39,27 @@ def encode_params(params: Mapping[str, torch.Tensor]) -> bytes:
     return st_save({k: v.detach().to("cpu").contiguous() for k, v in params.items()})
 
 
+def encode_groups(groups: Mapping[str, Mapping[str, torch.Tensor]]) -> bytes:
+    """Several named groups of params in one payload, each name prefixed ``GROUP/``."""
+    return encode_params({f"{g}/{k}": v for g, params in groups.items() for k, v in params.items()})
+
+
+def split_groups(params: Mapping[str, torch.Tensor], groups: Iterable[str]) -> dict[str, Params]:
+    """Undo :func:`encode_groups`: ``{group: params}`` for each of ``groups`` (empty if absent).
+
+    Raises:
+        CodecError: a tensor outside every group.
+    """
+    out: dict[str, Params] = {g: {} for g in groups}
+    for name, value in params.items():
+        group, _, key = name.partition("/")
+        if group not in out or not key:
+            want = ", ".join(f"{g}/..." for g in out)
+            raise CodecError(f"unexpected tensor {name!r} (want {want})")
+        out[group][key] = value
+    return out
+
+
 def chunks(
     kind: str,
     data: bytes,

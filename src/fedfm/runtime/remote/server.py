@@ -34,7 +34,14 @@ from fedfm.errors import ConfigError, FedFMError
 from fedfm.runtime.job import Job
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote import fedfm_pb2_grpc as pb_grpc
-from fedfm.runtime.remote.codec import CodecError, assemble, chunks, decode_params, encode_params
+from fedfm.runtime.remote.codec import (
+    CodecError,
+    assemble,
+    chunks,
+    decode_params,
+    encode_groups,
+    split_groups,
+)
 from fedfm.runtime.remote.security import check_token
 from fedfm.runtime.simulation import (
     ClientOutcome,
@@ -197,12 +204,7 @@ class Coordinator:
         job, remote = self.job, self.cfg.remote
         plan = plan_round(job, state)
         members = {remote.clients[c.id]: c.id for c in plan.clients}
-        blob = encode_params(
-            {
-                **{f"global/{k}": v for k, v in state.global_params.items()},
-                **{f"payload/{k}": v for k, v in plan.payload.items()},
-            }
-        )
+        blob = encode_groups({"global": state.global_params, "payload": plan.payload})
         with self.lock:
             self.open_round, self.arrived, self.members = plan.round, {}, members
             self.tasks = {name: _Task(plan.round, blob) for name in members}
@@ -241,15 +243,13 @@ class Coordinator:
 def _decode_update(coord: Coordinator, header: pb.Header, data: bytes) -> Update:
     meta = dict(header.meta)
     tensors = decode_params(data, max_bytes=int(coord.cfg.remote.max_update_mb * 2**20))
-    unknown = [k for k in tensors if not k.startswith(("delta/", "extras/"))]
-    if unknown:
-        raise CodecError(f"unexpected tensors {unknown[:3]} (want delta/... and extras/...)")
+    groups = split_groups(tensors, ("delta", "extras"))
     return Update(
         client_id=coord.cfg.remote.clients.index(header.client_id),
-        delta={k[6:]: v for k, v in tensors.items() if k.startswith("delta/")},
+        delta=groups["delta"],
         num_examples=int(meta["num_examples"]),
         metrics=json.loads(meta.get("metrics", "{}")),
-        extras={k[7:]: v for k, v in tensors.items() if k.startswith("extras/")},
+        extras=groups["extras"],
         bytes_up=int(meta.get("bytes_up", len(data))),
         rank=int(meta.get("rank", 0)),
     )
