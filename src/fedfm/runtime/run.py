@@ -283,7 +283,8 @@ def execute(
     Args:
         stop_after: stop after this round without finishing (to test resume after a crash).
         backend: ``(job, run_dir, console) -> context manager`` that yields what runs a
-            round (``fedfm serve``'s remote clients); the in-process simulator by default.
+            round (``fedfm serve``'s remote clients); by default ``cfg.backend``'s: the
+            in-process simulator or Ray actors.
     """
     console = console or Console()
     started = time.perf_counter()
@@ -335,6 +336,10 @@ def execute(
         log.append(record)
         console.print(round_line(record, cfg.rounds), soft_wrap=True, highlight=False)
     cohort = job.strategy.cohort_size(len(job.federation))
+    if backend is None and cfg.backend == "ray":
+        from fedfm.runtime.ray_backend import ray_backend  # imports Ray only when asked
+
+        backend = ray_backend
     runner_cm = backend(job, run_dir, console) if backend else contextlib.nullcontext(run_round)
     with (
         runner_cm as round_runner,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -426,13 +426,56 @@ class RoundRunner(Protocol):
     ) -> dict[str, Any]: ...
 
 
+Fitted = tuple[ClientOutcome | None, str | None]  # an outcome, or why the client failed
+
+
+class CohortFitter(Protocol):
+    """What trains a round's clients: one after the other in process (:func:`fit_in_process`)
+    or spread over workers (the Ray backend). Yields one :data:`Fitted` per client, in order."""
+
+    def __call__(
+        self, job: Job, state: RoundState, plan: RoundPlan, clients: list[ClientData]
+    ) -> Iterator[Fitted]: ...
+
+
+def fit_in_process(
+    job: Job, state: RoundState, plan: RoundPlan, clients: list[ClientData]
+) -> Iterator[Fitted]:
+    """Train ``clients`` one after the other on ``job.model``; a client that fails is
+    reported, not raised."""
+    for client in clients:
+        work = plan.work[client.id]
+        try:
+            outcome = fit_client(
+                job,
+                client,
+                state.global_params,
+                plan.payload,
+                state,
+                plan.round,
+                rank=work.rank,
+                steps=work.override_steps,
+                layers=work.layers,
+            )
+        except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
+            yield None, f"{type(err).__name__}: {err}"
+        else:
+            yield outcome, None
+
+
 def run_round(
-    job: Job, state: RoundState, *, on_client: Callable[[int], None] | None = None
+    job: Job,
+    state: RoundState,
+    *,
+    on_client: Callable[[int], None] | None = None,
+    fit: CohortFitter = fit_in_process,
 ) -> dict[str, Any]:
     """Run round ``state.round + 1`` in place on ``state``; return its metrics record."""
     plan = plan_round(job, state)
     job.apply_backbone_delta()  # after a resume, the frozen weights must carry it again
     intake = RoundIntake()
+    trained = [c for c in plan.clients if not plan.work[c.id].left_out]
+    fitted = fit(job, state, plan, trained)  # lazily, in plan order
     for client in plan.clients:
         cid, work = client.id, plan.work[client.id]
         if work.steps < work.full_steps:
@@ -441,22 +484,7 @@ def run_round(
             intake.excluded.append({"client": cid, "reason": work.left_out})
         else:
             intake.sim_time = max(intake.sim_time, work.steps / work.speed)
-            try:
-                outcome = fit_client(
-                    job,
-                    client,
-                    state.global_params,
-                    plan.payload,
-                    state,
-                    plan.round,
-                    rank=work.rank,
-                    steps=work.override_steps,
-                    layers=work.layers,
-                )
-            except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
-                receive(job, state, intake, cid, None, f"{type(err).__name__}: {err}")
-            else:
-                receive(job, state, intake, cid, outcome)
+            receive(job, state, intake, cid, *next(fitted))
         if on_client is not None:
             on_client(cid)
     return finish_round(job, state, plan, intake)

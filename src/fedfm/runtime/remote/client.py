@@ -156,7 +156,7 @@ def join(
     if conn.client_id not in cfg.remote.clients:
         raise FedFMError(f"client {conn.client_id!r} is not in the server's remote.clients")
     index = cfg.remote.clients.index(conn.client_id)
-    job = build_job(cfg)
+    job = build_job(cfg, warmup=False)  # the server warms up; a client gets its params
     if data:
         job, client = with_own_data(
             job, read_own_data(data, job.dataset.label_names), index, conn.client_id
@@ -207,7 +207,9 @@ def join(
             if header.kind == "wait":
                 time.sleep(poll)
                 continue
-            task = split_groups(decode_params(blob, max_bytes=max_bytes), ("global", "payload"))
+            tensors = decode_params(blob, max_bytes=max_bytes)
+            task = split_groups(tensors, ("global", "payload", "context"))
+            job.adopt_context(task["context"])  # FLoRA's backbone delta, the adaptive clip
             outcome = fit_client(job, client, task["global"], task["payload"], local, header.round)
             local.keep(client.id, outcome)
             update = outcome.update

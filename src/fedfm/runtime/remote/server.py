@@ -204,7 +204,10 @@ class Coordinator:
         job, remote = self.job, self.cfg.remote
         plan = plan_round(job, state)
         members = {remote.clients[c.id]: c.id for c in plan.clients}
-        blob = encode_groups({"global": state.global_params, "payload": plan.payload})
+        context = job.client_context()  # FLoRA's backbone delta, the adaptive clip norm
+        blob = encode_groups(
+            {"global": state.global_params, "payload": plan.payload, "context": context}
+        )
         with self.lock:
             self.open_round, self.arrived, self.members = plan.round, {}, members
             self.tasks = {name: _Task(plan.round, blob) for name in members}

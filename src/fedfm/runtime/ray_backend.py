@@ -1,0 +1,207 @@
+"""Ray backend (``backend = "ray"``): the simulation's clients train on Ray actors.
+
+Each actor (a :class:`Worker`) builds the job once, so it holds one frozen backbone and the
+whole federation's data, and then trains whichever clients it is handed, one after another,
+with the same :func:`~fedfm.runtime.simulation.fit_client` as in process. The server half of
+every round (cohort, aggregation, evaluation, checkpoints) stays in the driver.
+
+A round puts the global params, the payload and the client context (FLoRA's backbone delta,
+the adaptive clip norm) in Ray's object store once and hands each actor a reference
+(:meth:`Worker.begin`); then the cohort's clients are dealt out one at a time to whichever
+actor is free, each with the states it keeps between rounds (strategy state, personal
+tensors, error feedback), which come back with its update. Clients are seeded by (seed,
+round, client), so which actor trains a client does not change its update: the run gives
+the in-process metrics for the same seed (bit for bit at the same torch thread count).
+
+Example:
+    ``fedfm run job.toml --set backend=ray --set ray.workers=2``; ``ray.address = "auto"``
+    joins a running cluster (``ray start --head`` on one machine, ``ray start --address``
+    on the others), where every node needs fedfm and its offline resources installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from fedfm.config import RunConfig
+from fedfm.errors import ConfigError, FedFMError
+from fedfm.models.params import Params
+from fedfm.runtime.job import Job, build_job
+from fedfm.runtime.simulation import (
+    Fitted,
+    RoundPlan,
+    RoundRunner,
+    RoundState,
+    Work,
+    fit_in_process,
+    run_round,
+)
+from fedfm.synthetic.dataset import SyntheticSet
+
+# passed on to workers started by a cluster (a local Ray inherits the driver's environment)
+ENV_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "FEDFM_CACHE")
+
+
+class Worker:
+    """One actor: one copy of the job's model and data, training many clients in turn."""
+
+    def __init__(self, cfg: RunConfig, synthetic: SyntheticSet | None, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.job = build_job(cfg, synthetic=synthetic, warmup=False)
+        self.round = 0
+        self.global_params: Params = {}
+        self.payload: Params = {}
+
+    def backbone(self) -> str:
+        return self.job.backbone
+
+    def begin(self, round_: int, global_params: Params, payload: Params, context: Params) -> None:
+        """Take round ``round_``'s params, payload and the server's client context."""
+        self.round, self.global_params, self.payload = round_, global_params, payload
+        self.job.adopt_context(context)
+
+    def fit(self, client_id: int, work: Work, states: tuple[Params, Params, Params]) -> Fitted:
+        """Train one client of the current round from the states it left last time."""
+        job = self.job
+        client = job.federation.pooled() if job.strategy.pooled else job.federation[client_id]
+        state = RoundState(self.round - 1, self.global_params)
+        for store, value in zip(
+            (state.client_states, state.personal, state.pipeline_states), states, strict=True
+        ):
+            if value:
+                store[client_id] = value
+        plan = RoundPlan(self.round, [], [client], self.payload, {client_id: work}, 0, 0.0)
+        return next(fit_in_process(job, state, plan, [client]))
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a ``HOST:PORT`` (or ``ray://HOST:PORT``) that nothing listens on: Ray
+    itself retries such an address for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "" (a local Ray) or "auto"
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise FedFMError(
+            f"ray.address = {address!r}: nothing answers at {host}:{port} ({err}); start the "
+            'cluster with `ray start --head`, or set ray.address = "" to start a local Ray'
+        ) from None
+
+
+def _connect(cfg: RunConfig, console: Console) -> bool:
+    """Start or join Ray; ``True`` if this call started it (and so shuts it down)."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ConfigError(
+            'backend = "ray" needs Ray: pip install "ray>=2.60" (or pip install -e ".[ray]")'
+        ) from err
+    _check_reachable(cfg.ray.address)
+    if ray.is_initialized():
+        return False
+    env = {k: os.environ[k] for k in ENV_VARS if k in os.environ}
+    try:
+        ray.init(
+            address=cfg.ray.address or None,
+            runtime_env={"env_vars": env} if env else None,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
+    except ConnectionError as err:
+        raise FedFMError(
+            f"ray.address = {cfg.ray.address!r}: no Ray cluster answered ({err}); start one "
+            'with `ray start --head`, or set ray.address = "" to start a local Ray'
+        ) from err
+    where = cfg.ray.address or "a local Ray"
+    console.print(f"ray: connected to {where} ({ray.cluster_resources().get('CPU', 0):g} CPUs)")
+    return True
+
+
+def start_workers(job: Job, console: Console) -> list[Any]:
+    """Start ``ray.workers`` actors (one per CPU when 0) and check their backbones."""
+    import ray
+
+    rc = job.cfg.ray
+    workers = rc.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // rc.cpus_per_worker))
+    threads = rc.threads or max(1, int(rc.cpus_per_worker))
+    actor: Any = ray.remote(Worker).options(num_cpus=rc.cpus_per_worker)
+    with console.status(f"ray: starting {workers} workers (each loads the model) ..."):
+        actors = [actor.remote(job.cfg, job.synthetic_set, threads) for _ in range(workers)]
+        backbones = ray.get([a.backbone.remote() for a in actors])
+    wrong = [b for b in backbones if b != job.backbone]
+    if wrong:
+        raise FedFMError(
+            f"{len(wrong)} Ray worker(s) loaded backbone {wrong[0]}, not the driver's "
+            f"{job.backbone}: install the same fedfm and model files on every node"
+        )
+    console.print(f"ray: {workers} workers × {threads} torch threads, backbone {job.backbone}")
+    return actors
+
+
+def ray_fitter(actors: list[Any]) -> Any:
+    """A :class:`~fedfm.runtime.simulation.CohortFitter` that deals clients to ``actors``."""
+    import ray
+
+    def fit(job: Job, state: RoundState, plan: RoundPlan, clients: list[Any]) -> Iterator[Fitted]:
+        shared = [ray.put(x) for x in (state.global_params, plan.payload, job.client_context())]
+        ray.get([a.begin.remote(plan.round, *shared) for a in actors])
+        queue = deque(enumerate(clients))
+        running: dict[Any, tuple[Any, int]] = {}  # future -> (actor, position)
+        done: dict[int, Fitted] = {}
+
+        def hand_out(actor: Any) -> None:
+            if queue:
+                i, client = queue.popleft()
+                states = (
+                    state.client_states.get(client.id, {}),
+                    state.personal.get(client.id, {}),
+                    state.pipeline_states.get(client.id, {}),
+                )
+                running[actor.fit.remote(client.id, plan.work[client.id], states)] = (actor, i)
+
+        for actor in actors:
+            hand_out(actor)
+        for i in range(len(clients)):
+            while i not in done:
+                (ready,), _ = ray.wait(list(running), num_returns=1)
+                actor, position = running.pop(ready)
+                done[position] = ray.get(ready)
+                hand_out(actor)
+            yield done.pop(i)
+
+    return fit
+
+
+@contextlib.contextmanager
+def ray_backend(job: Job, run_dir: Path, console: Console) -> Iterator[RoundRunner]:
+    """``execute``'s backend for ``backend = "ray"``: actors for the run, then gone."""
+    del run_dir
+    started = _connect(job.cfg, console)
+    import ray
+
+    actors: list[Any] = []
+    try:
+        actors = start_workers(job, console)
+        fit = ray_fitter(actors)
+
+        def run(job: Job, state: RoundState, *, on_client: Any = None) -> dict[str, Any]:
+            return run_round(job, state, on_client=on_client, fit=fit)
+
+        yield run
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()

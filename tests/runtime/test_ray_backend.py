@@ -1,0 +1,110 @@
+"""The Ray backend gives the in-process run's metrics and params for the same seed."""
+
+import socket
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedfm.config import load_config
+from fedfm.errors import ConfigError, FedFMError
+from fedfm.report.metrics import read_records
+from fedfm.runtime.job import build_job
+from fedfm.runtime.run import execute, prepare_run_dir
+
+pytest.importorskip("ray")
+
+FAST = [
+    "data.dataset=digits",
+    "model.name=mlp",
+    "adapter.method=full",
+    "data.num_clients=12",
+    "strategy.clients_per_round=6",
+    "client.lr=0.05",
+    "client.optimizer=sgd",
+    "rounds=3",
+    "eval.per_client=true",
+]
+# state in every place a client keeps or gets it: SCAFFOLD's control variates (client state
+# and payload), error feedback (pipeline state), the adaptive clip norm (client context)
+STATEFUL = {
+    "scaffold": ["strategy.name=scaffold", "compression.method=quantize", "compression.bits=4"],
+    "adaptive-dp": [
+        "privacy.noise=central",
+        "privacy.noise_multiplier=0.3",
+        "privacy.adaptive_clip=true",
+        "privacy.clip=0.5",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module (the backend uses a running Ray and leaves it running)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _run(tmp_path, name, *extra):
+    cfg = load_config(None, [*FAST, f"output_dir={tmp_path}", f"name={name}", *extra])
+    summary = execute(cfg, run_dir=prepare_run_dir(cfg, overwrite=False))
+    records = [
+        {k: v for k, v in r.items() if k != "seconds"}
+        for r in read_records(tmp_path / name / "metrics.jsonl")
+    ]
+    return summary, records, load_file(tmp_path / name / "adapter.safetensors")
+
+
+@pytest.mark.parametrize("kind", list(STATEFUL))
+def test_ray_gives_the_in_process_metrics_and_params(tmp_path, local_ray, kind):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count: float sums then match bit for bit
+    try:
+        local = _run(tmp_path, "local", *STATEFUL[kind])
+        ray = _run(tmp_path, "ray", *STATEFUL[kind], "backend=ray", "ray.workers=2")
+    finally:
+        torch.set_num_threads(threads)
+    assert ray[1] == local[1]  # every round's metrics, client metrics and exclusions
+    if kind == "adaptive-dp":  # the clip norm moved, so the context reached the workers
+        assert len({r["dp_clip"] for r in local[1]}) == len(local[1])
+    assert ray[0]["final"] == local[0]["final"]
+    assert all(torch.equal(ray[2][k], local[2][k]) for k in local[2])
+
+
+def test_the_client_context_carries_the_clip_norm_and_the_backbone_delta(tmp_path):
+    overrides = [*FAST, *STATEFUL["adaptive-dp"]]
+    server, worker = (build_job(load_config(None, overrides)) for _ in range(2))
+    name, weight = next(iter(server.model.named_parameters()))
+    server.dp.clip = 0.123
+    server.strategy.backbone_delta = lambda: {name: torch.ones_like(weight)}
+    before = dict(worker.model.named_parameters())[name].detach().clone()
+    worker.adopt_context(server.client_context())
+    assert worker.dp.clip == 0.123
+    after = dict(worker.model.named_parameters())[name]
+    assert torch.equal(after, before + worker.lora_scale * torch.ones_like(before))
+
+
+def test_without_ray_installed_the_error_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    cfg = load_config(None, [*FAST, f"output_dir={tmp_path}", "backend=ray"])
+    with pytest.raises(ConfigError, match=r'needs Ray: pip install "ray>=2.60"'):
+        execute(cfg, run_dir=prepare_run_dir(cfg, overwrite=False))
+
+
+def test_a_cluster_address_that_nothing_answers_fails_fast_and_says_so(tmp_path):
+    port = _closed_port()
+    cfg = load_config(
+        None, [*FAST, f"output_dir={tmp_path}", "backend=ray", f"ray.address=127.0.0.1:{port}"]
+    )
+    with pytest.raises(FedFMError, match=f"nothing answers at 127.0.0.1:{port}"):
+        execute(cfg, run_dir=prepare_run_dir(cfg, overwrite=False))
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # free once the socket closes
