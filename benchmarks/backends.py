@@ -2,9 +2,9 @@
 
 * **grpc**: MiniLM + LoRA (r=8) on TREC-6, 3 clients, all 3 in every round. ``fedfm serve``
   with TLS on loopback and three ``fedfm join`` processes (one torch thread each) against
-  ``fedfm run`` of the same config. Bytes: what fedfm accounts per round (``bytes_down`` +
-  ``bytes_up``, the simulation's numbers) and what crossed the wire (the task and update
-  payloads, from the server's ``events.jsonl``).
+  ``fedfm run`` of the same config (one torch thread per core). Bytes: what fedfm accounts
+  per round (``bytes_down`` + ``bytes_up``, the simulation's numbers) and what crossed the
+  wire (the task and update payloads, from the server's ``events.jsonl``).
 * **ray_mlp** and **ray_minilm**: 100 small clients on this machine's cores: ``backend =
   "ray"`` with one worker per core (one torch thread each) against in-process with one
   torch thread per core. ``ray_mlp``: digits + MLP, every client in every round (a client
