@@ -46,8 +46,8 @@ def _base(dataset: str, quick: bool) -> tuple[str, ...]:
             *common,
             "rounds=2",
             "data.num_clients=4",
-            "data.max_train_examples=160",
-            "data.max_test_examples=60",
+            "data.max_train_examples=80",  # 20 a client: one full fine-tuning step an epoch
+            "data.max_test_examples=40",
         )
     return (
         *common,

@@ -81,8 +81,8 @@ def _base(quick: bool) -> tuple[str, ...]:
         "data.alpha=0.5",
         "eval.per_client=true",
     )
-    if quick:
-        return (*common, *QUICK_TEXT)
+    if quick:  # 20 examples a client: one local step, enough for a smoke test
+        return (*common, *QUICK_TEXT, "data.max_train_examples=80")
     return (
         *common,
         "rounds=15",
