@@ -27,6 +27,7 @@ import os
 import socket
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,9 @@ class Worker:
             if value:
                 store[client_id] = value
         plan = RoundPlan(self.round, [], [client], self.payload, {client_id: work}, 0, 0.0)
-        return next(fit_in_process(job, state, plan, [client]))
+        outcome, error = next(fit_in_process(job, state, plan, [client]))
+        # the driver takes the decoded update; the wire form need not travel twice
+        return (replace(outcome, wire={}) if outcome else None), error
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

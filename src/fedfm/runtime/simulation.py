@@ -83,6 +83,7 @@ class ClientOutcome:
     state: Params  # the strategy's client state
     personal: Params  # the tensors named by strategy.personal
     pipeline_state: Params
+    wire: Params = field(default_factory=dict)  # what the pipeline sends ({}: no pipeline)
 
 
 def with_personal(params: Params, personal: Params) -> Params:
@@ -177,7 +178,7 @@ def fit_client(
         bytes_up=payload_bytes({**wire, **extras}) + 4 * len(signals),
         rank=rank,
     )
-    return ClientOutcome(update, new_state, personal, pipeline_state)
+    return ClientOutcome(update, new_state, personal, pipeline_state, wire if job.pipeline else {})
 
 
 def evaluate_global(job: Job, params: Params, data: Encoded | None = None) -> dict[str, float]:

@@ -6,13 +6,14 @@ import torch
 from rich.console import Console
 
 from fedfm.config import load_config
+from fedfm.models.params import payload_bytes
 from fedfm.runtime.job import build_job
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote.codec import chunks, encode_params
-from fedfm.runtime.remote.server import Coordinator
+from fedfm.runtime.remote.server import Coordinator, wire_template
 
 
-def _coordinator(tmp_path) -> Coordinator:
+def _coordinator(tmp_path, *extra: str) -> Coordinator:
     cfg = load_config(
         None,
         [
@@ -23,12 +24,15 @@ def _coordinator(tmp_path) -> Coordinator:
             "data.partition=iid",
             'remote.clients=["a", "b", "c"]',
             "remote.insecure=true",
+            *extra,
         ],
     )
     coord = Coordinator(build_job(cfg), tmp_path, Console(quiet=True))
     for cid in ("a", "b", "c"):
         assert coord.join(pb.JoinRequest(client_id=cid, backbone=coord.job.backbone)).accepted
     coord.open_round, coord.members = 2, {"a": 0, "b": 1}
+    coord.like = {k: torch.zeros_like(v) for k, v in coord.job.initial_params.items()}
+    coord.template = wire_template(coord.job, coord.like)
     return coord
 
 
@@ -67,3 +71,37 @@ def test_a_client_with_another_backbone_is_refused(tmp_path):
     coord = _coordinator(tmp_path)
     reply = coord.join(pb.JoinRequest(client_id="a", backbone="0" * 16))
     assert not reply.accepted and "is not the server's" in reply.reason
+
+
+def test_a_compressed_update_travels_in_its_wire_form_and_a_bad_one_is_refused(tmp_path):
+    coord = _coordinator(tmp_path, "compression.method=quantize", "compression.bits=4")
+    like = coord.like
+    delta = {
+        k: torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) for k, v in like.items()
+    }
+    wire, _, _ = coord.job.pipeline.client(delta, {}, torch.Generator().manual_seed(2))
+    assert payload_bytes(wire) < payload_bytes(delta) / 6  # 4-bit codes, not float32
+    assert _update(coord, "a", params={f"wire/{k}": v for k, v in wire.items()}).ok
+    got = coord.arrived[0].update.delta
+    step = {k: (v.max() - v.min()) / 15 for k, v in delta.items()}  # one 4-bit level
+    assert all((got[k] - delta[k]).abs().max() <= step[k] + 1e-6 for k in delta)
+
+    name = next(k for k in wire if k.endswith(".__q"))
+    refusals = {
+        "the client must send the pipeline's wire form": {
+            f"delta/{k}": v for k, v in delta.items()
+        },
+        "malformed wire form: ['missing": {f"wire/{k}": v for k, v in wire.items() if k != name},
+        "shape": {f"wire/{k}": v[:-1] if k == name else v for k, v in wire.items()},
+    }
+    for reason, params in refusals.items():
+        ack = _update(coord, "b", params=params)
+        assert not ack.ok and reason in ack.reason, (reason, ack.reason)
+    assert list(coord.arrived) == [0]
+
+
+def test_a_wire_form_is_refused_when_the_server_has_no_pipeline(tmp_path):
+    coord = _coordinator(tmp_path)
+    params = {f"wire/{k}": v for k, v in coord.like.items()}
+    ack = _update(coord, "a", params=params)
+    assert not ack.ok and "has no update pipeline" in ack.reason

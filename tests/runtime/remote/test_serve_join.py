@@ -99,9 +99,17 @@ def _params(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "adapter.safetensors")
 
 
+# 4-bit uploads with error feedback: the codes travel, the residual stays on each client
+COMPRESSED = (
+    "compression.method=quantize",
+    "compression.bits=4",
+    "compression.error_feedback=true",
+)
+
+
 def test_remote_clients_reproduce_the_simulation_and_strangers_are_refused(tmp_path, tls):
     port = _port()
-    cfg = load_config(None, _overrides(tmp_path, port, "name=remote"))
+    cfg = load_config(None, _overrides(tmp_path, port, "name=remote", *COMPRESSED))
     run_dir = prepare_run_dir(cfg, overwrite=False)
     thread, out = _serve(cfg, run_dir)
     procs = [_client(tmp_path, port, cid) for cid in CLIENTS]
@@ -117,11 +125,14 @@ def test_remote_clients_reproduce_the_simulation_and_strangers_are_refused(tmp_p
     assert refused == {"invalid credentials for 'c1'", "unknown client 'mallory'"}
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["participants"] for r in records] == [CLIENTS] * 3
+    sent = [e["bytes"] for e in _events(run_dir) if e["event"] == "update"]
+    assert len(sent) == 9 and sum(sent) <= 1.05 * sum(r["bytes_up"] for r in records)
 
-    sim_cfg = load_config(None, _overrides(tmp_path, port, "name=simulated"))
+    sim_cfg = load_config(None, _overrides(tmp_path, port, "name=simulated", *COMPRESSED))
     execute(sim_cfg, run_dir=prepare_run_dir(sim_cfg, overwrite=False), console=Console(quiet=True))
     remote, simulated = _params(run_dir), _params(tmp_path / "runs" / "simulated")
     assert all(torch.equal(remote[k], simulated[k]) for k in simulated)
+    assert max(sent) < sum(4 * v.numel() for v in simulated.values()) / 6  # not float32
 
 
 def test_a_client_killed_mid_run_leaves_the_rounds_to_the_quorum(tmp_path, tls):

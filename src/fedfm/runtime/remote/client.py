@@ -213,7 +213,9 @@ def join(
             outcome = fit_client(job, client, task["global"], task["payload"], local, header.round)
             local.keep(client.id, outcome)
             update = outcome.update
-            body = encode_groups({"delta": update.delta, "extras": update.extras})
+            # with an update pipeline the wire form travels (compressed as accounted)
+            sent = {"wire": outcome.wire} if outcome.wire else {"delta": update.delta}
+            body = encode_groups({**sent, "extras": update.extras})
             meta = {
                 "session": session,
                 "num_examples": str(update.num_examples),

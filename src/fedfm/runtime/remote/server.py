@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import torch
 from rich.console import Console
 
 from fedfm.config import RunConfig, to_toml
 from fedfm.errors import ConfigError, FedFMError
+from fedfm.models.params import Params
 from fedfm.runtime.job import Job
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote import fedfm_pb2_grpc as pb_grpc
@@ -52,6 +54,7 @@ from fedfm.runtime.simulation import (
     plan_round,
     receive,
 )
+from fedfm.strategies.aggregate import mismatches
 from fedfm.strategies.base import Update
 
 EVENTS_FILE = "events.jsonl"
@@ -105,6 +108,8 @@ class Coordinator:
     arrived: dict[int, ClientOutcome] = field(default_factory=dict)
     open_round: int = 0
     members: dict[str, int] = field(default_factory=dict)  # open round's cohort: id -> index
+    like: Params = field(default_factory=dict)  # the global params: an update's names, shapes
+    template: Params = field(default_factory=dict)  # the pipeline's wire form of such an update
     finished: bool = False
     lock: threading.Condition = field(default_factory=threading.Condition)
 
@@ -208,6 +213,9 @@ class Coordinator:
         blob = encode_groups(
             {"global": state.global_params, "payload": plan.payload, "context": context}
         )
+        if not self.like:  # names and shapes stay the same from round to round
+            self.like = {k: torch.zeros_like(v) for k, v in state.global_params.items()}
+            self.template = wire_template(job, self.like)
         with self.lock:
             self.open_round, self.arrived, self.members = plan.round, {}, members
             self.tasks = {name: _Task(plan.round, blob) for name in members}
@@ -243,13 +251,49 @@ class Coordinator:
             self.finished = True
 
 
+def wire_template(job: Job, like: Params) -> Params:
+    """What a client's update pipeline puts on the wire for an update shaped like ``like``
+    (its strategy's own tensors stay home): names, shapes and dtypes to check an incoming
+    wire form against before it is decoded ({} without a pipeline)."""
+    if not job.pipeline:
+        return {}
+    shared = {k: v for k, v in like.items() if k not in job.personal}
+    wire, _, _ = job.pipeline.client(shared, {}, torch.Generator().manual_seed(0))
+    return wire
+
+
+def _received_delta(coord: Coordinator, groups: dict[str, Params]) -> Params:
+    """The delta a client sent: as it is, or decoded from its pipeline's wire form (what
+    compression shrinks travels shrunk) after checking the wire form's names and shapes."""
+    job, wire = coord.job, groups["wire"]
+    if not job.pipeline:
+        if wire:
+            raise CodecError("a wire form, but this server's config has no update pipeline")
+        return groups["delta"]
+    if groups["delta"] or not wire:
+        raise CodecError(
+            "a decoded delta, but this server's config has an update pipeline (compression or "
+            "DP clipping): the client must send the pipeline's wire form (same fedfm version?)"
+        )
+    wrong = mismatches(wire, coord.template)
+    if wrong:
+        raise CodecError(f"malformed wire form: {wrong[:3]}")
+    shared = {k: v for k, v in coord.like.items() if k not in job.personal}
+    try:
+        decoded = job.pipeline.server(wire, shared)
+    except (IndexError, RuntimeError) as err:  # e.g. a top-k position out of range
+        raise CodecError(f"wire form does not decode: {err}") from None
+    # the strategy's own tensors stay on the client: a zero delta leaves them as they were
+    return {k: decoded[k] if k in decoded else torch.zeros_like(v) for k, v in coord.like.items()}
+
+
 def _decode_update(coord: Coordinator, header: pb.Header, data: bytes) -> Update:
     meta = dict(header.meta)
     tensors = decode_params(data, max_bytes=int(coord.cfg.remote.max_update_mb * 2**20))
-    groups = split_groups(tensors, ("delta", "extras"))
+    groups = split_groups(tensors, ("delta", "wire", "extras"))
     return Update(
         client_id=coord.cfg.remote.clients.index(header.client_id),
-        delta=groups["delta"],
+        delta=_received_delta(coord, groups),
         num_examples=int(meta["num_examples"]),
         metrics=json.loads(meta.get("metrics", "{}")),
         extras=groups["extras"],
