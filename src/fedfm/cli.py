@@ -130,6 +130,7 @@ def _cmd_serve(args: argparse.Namespace, console: Console) -> None:
 
 
 def _cmd_join(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.resources.models import cache_root
     from fedfm.runtime.remote.client import Connection, join
     from fedfm.runtime.remote.security import read_credentials
 
@@ -148,7 +149,12 @@ def _cmd_join(args: argparse.Namespace, console: Console) -> None:
     conn = Connection(
         args.server, client_id, token, read(args.ca), read(args.cert), read(args.key), args.insecure
     )
-    done = join(conn, data=args.data, partition=args.partition, console=console)
+    state_dir = (
+        None if args.state_dir == "none" else Path(args.state_dir or cache_root() / "clients")
+    )
+    done = join(
+        conn, data=args.data, partition=args.partition, console=console, state_dir=state_dir
+    )
     console.print(f"done: {done['rounds']} rounds on {done['examples']} examples")
 
 
@@ -261,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     join_.add_argument("--insecure", action="store_true", help="plaintext (loopback tests only)")
     join_.add_argument("--data", help="your own CSV or JSONL of text and label")
     join_.add_argument("--partition", type=int, help="registry partition to use (default: yours)")
+    join_.add_argument(
+        "--state-dir",
+        help="where the client keeps its own states between rounds, so a restart loses none "
+        "(default: $FEDFM_CACHE/clients; none: in memory only)",
+    )
     join_.set_defaults(func=_cmd_join)
 
     admin = sub.add_parser("admin", help="TLS material and client credentials for fedfm serve")

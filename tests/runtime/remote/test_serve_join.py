@@ -67,6 +67,8 @@ def _client(tmp_path: Path, port: int, cid: str, *extra: str) -> subprocess.Pope
         str(tmp_path / f"{cid}.json"),
         "--ca",
         str(tmp_path / "tls" / "ca.pem"),
+        "--state-dir",
+        str(tmp_path / "states"),
         *extra,
     ]
     # the clients inherit this process's thread settings: a different thread count can change
@@ -160,18 +162,25 @@ def test_a_client_killed_mid_run_leaves_the_rounds_to_the_quorum(tmp_path, tls):
 
 
 def test_a_killed_server_resumes_to_the_same_params(tmp_path, tls):
+    # SCAFFOLD and error feedback: each client's control variate and residual must survive
+    # its own restart (kept in --state-dir) for the run to match an uninterrupted one
+    stateful = ("strategy.name=scaffold", *COMPRESSED)
     port = _port()
-    cfg = load_config(None, _overrides(tmp_path, port, "name=cut"))
+    cfg = load_config(None, _overrides(tmp_path, port, "name=cut", *stateful))
     run_dir = prepare_run_dir(cfg, overwrite=False)
     for kwargs in ({"stop_after": 1}, {"resume": True}):  # killed after round 1, then resumed
         thread, out = _serve(cfg, run_dir, **kwargs)
-        procs = [_client(tmp_path, port, cid) for cid in CLIENTS]
+        procs = [_client(tmp_path, port, cid) for cid in CLIENTS]  # new client processes
         thread.join(timeout=240)
         assert "error" not in out, out
         assert all(p.wait(timeout=60) == 0 for p in procs)
     assert out["summary"]["rounds_completed"] == 3
-    # the first test shows remote clients reproduce the simulation bit for bit
-    sim_cfg = load_config(None, _overrides(tmp_path, port, "name=simulated"))
+    run = (run_dir / "run_id").read_text()
+    assert sorted(p.name for p in (tmp_path / "states" / "c0" / run).iterdir()) == [
+        "round-000002.safetensors",
+        "round-000003.safetensors",
+    ]
+    sim_cfg = load_config(None, _overrides(tmp_path, port, "name=simulated", *stateful))
     execute(sim_cfg, run_dir=prepare_run_dir(sim_cfg, overwrite=False), console=Console(quiet=True))
     straight, resumed = _params(tmp_path / "runs" / "simulated"), _params(run_dir)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)

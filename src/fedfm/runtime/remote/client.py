@@ -3,8 +3,10 @@
 The client fetches the job's config from the server (after authenticating), builds the
 same backbone and adapter, proves it with the backbone's hash when it joins, then polls for
 tasks. For each task it runs the simulator's own ``fit_client`` on its data and streams the
-update back. It keeps its own strategy state (SCAFFOLD's control variate, error feedback,
-personal tensors) between rounds. A lost connection is retried with exponential backoff.
+update back (with an update pipeline, its wire form). It keeps its own strategy state
+(SCAFFOLD's control variate, error feedback, personal tensors) between rounds, on its disk
+(:mod:`~fedfm.runtime.remote.client_state`). A lost connection is retried with exponential
+backoff.
 
 Its data is a partition of the config's registry dataset (by default the one at its
 position in ``remote.clients``), or the user's own CSV or JSONL file of ``text`` and
@@ -36,6 +38,7 @@ from fedfm.resources.types import Split
 from fedfm.runtime.job import Job, build_job
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote import fedfm_pb2_grpc as pb_grpc
+from fedfm.runtime.remote.client_state import ClientStateStore
 from fedfm.runtime.remote.codec import (
     assemble,
     chunks,
@@ -43,7 +46,7 @@ from fedfm.runtime.remote.codec import (
     encode_groups,
     split_groups,
 )
-from fedfm.runtime.simulation import RoundState, fit_client
+from fedfm.runtime.simulation import fit_client
 
 T = TypeVar("T")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -149,8 +152,14 @@ def join(
     console: Console | None = None,
     poll: float = 0.2,
     tries: int = 20,
+    state_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Join the server's job and train until it is done; return what this client did."""
+    """Join the server's job and train until it is done; return what this client did.
+
+    Args:
+        state_dir: where this client keeps its own states between rounds (one folder per
+            server run, see :mod:`~fedfm.runtime.remote.client_state`); None: in memory only.
+    """
     console = console or Console()
     cfg = fetch_config(conn, console=console, tries=tries)
     if conn.client_id not in cfg.remote.clients:
@@ -186,7 +195,8 @@ def join(
             return reply.session
 
         session = admit()
-        local = RoundState(round=0, global_params={})  # this client's own states
+        stores: dict[str, ClientStateStore] = {}  # by server run: this client's own states
+        keep = max(cfg.checkpoint.every, 1) + 1  # a resumed server goes back up to `every`
         rounds = 0
         request = pb.TaskRequest(client_id=conn.client_id, session=session)
         max_bytes = int(cfg.remote.max_update_mb * 2**20)
@@ -210,8 +220,14 @@ def join(
             tensors = decode_params(blob, max_bytes=max_bytes)
             task = split_groups(tensors, ("global", "payload", "context"))
             job.adopt_context(task["context"])  # FLoRA's backbone delta, the adaptive clip
+            run = dict(header.meta).get("run", "")
+            if run not in stores:
+                folder = state_dir / conn.client_id / run if state_dir and run else None
+                stores[run] = ClientStateStore(client.id, folder, keep=keep)
+            local = stores[run].before(header.round)
             outcome = fit_client(job, client, task["global"], task["payload"], local, header.round)
             local.keep(client.id, outcome)
+            stores[run].save(header.round, local)
             update = outcome.update
             # with an update pipeline the wire form travels (compressed as accounted)
             sent = {"wire": outcome.wire} if outcome.wire else {"delta": update.delta}

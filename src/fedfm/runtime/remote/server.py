@@ -32,6 +32,7 @@ from rich.console import Console
 
 from fedfm.config import RunConfig, to_toml
 from fedfm.errors import ConfigError, FedFMError
+from fedfm.io import atomic_write_text
 from fedfm.models.params import Params
 from fedfm.runtime.job import Job
 from fedfm.runtime.remote import fedfm_pb2 as pb
@@ -58,6 +59,7 @@ from fedfm.strategies.aggregate import mismatches
 from fedfm.strategies.base import Update
 
 EVENTS_FILE = "events.jsonl"
+RUN_ID_FILE = "run_id"
 
 
 def check_remote(cfg: RunConfig) -> None:
@@ -111,6 +113,7 @@ class Coordinator:
     like: Params = field(default_factory=dict)  # the global params: an update's names, shapes
     template: Params = field(default_factory=dict)  # the pipeline's wire form of such an update
     finished: bool = False
+    run_id: str = ""  # one server run (kept on resume): names the clients' state folders
     lock: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -172,7 +175,13 @@ class Coordinator:
             yield from chunks("wait", b"", round_=open_round)
         else:
             self.log("task", client=request.client_id, round=task.round, bytes=len(task.data))
-            yield from chunks("task", task.data, round_=task.round, client_id=request.client_id)
+            yield from chunks(
+                "task",
+                task.data,
+                round_=task.round,
+                client_id=request.client_id,
+                meta={"run": self.run_id},
+            )
 
     def submit(self, stream: Iterator[pb.Chunk]) -> pb.Ack:
         max_bytes = int(self.cfg.remote.max_update_mb * 2**20)
@@ -349,12 +358,20 @@ def start_server(coord: Coordinator) -> tuple[grpc.Server, int]:
     return server, port
 
 
+def run_id(run_dir: Path) -> str:
+    """The run's id, made when it starts and kept when it resumes (``run_dir/run_id``)."""
+    path = run_dir / RUN_ID_FILE
+    if not path.exists():
+        atomic_write_text(path, secrets.token_hex(8))
+    return path.read_text().strip()
+
+
 @contextlib.contextmanager
 def remote_backend(job: Job, run_dir: Path, console: Console) -> Iterator[RoundRunner]:
     """``execute``'s backend for remote clients: serve while the rounds run, then tell every
     client the job is done and stop."""
     check_remote(job.cfg)
-    coord = Coordinator(job, run_dir, console)
+    coord = Coordinator(job, run_dir, console, run_id=run_id(run_dir))
     server, port = start_server(coord)
     coord.log("serving", address=job.cfg.remote.address, port=port, tls=not job.cfg.remote.insecure)
 

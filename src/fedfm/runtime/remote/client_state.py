@@ -1,0 +1,91 @@
+"""A remote client's own state, kept on its own disk so that a crash loses none of it.
+
+Between rounds a client keeps what the simulator keeps for it: the strategy's client state
+(SCAFFOLD's control variate), its personal tensors (a local head, FedSA-LoRA's B) and its
+update pipeline's state (the error-feedback residual). None of it goes to the server. The
+store writes it after every round the client trains in, atomically, one file per round::
+
+    DIR/RUN_ID/round-000007.safetensors
+
+``RUN_ID`` names one server run (a resumed run keeps it, a fresh one gets a new one). For a
+task of round ``t`` the client starts from the newest state of a round before ``t``: a
+server resumed from an older checkpoint redoes its rounds, and the client redoes its own
+with the states it had the first time, so the run matches an uninterrupted one. The newest
+``keep`` files are kept (a checkpoint every ``k`` rounds needs ``k + 1``). A client with no
+state to keep (FedAvg without compression) writes nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file, save
+
+from fedfm.io import atomic_write_bytes
+from fedfm.models.params import Params
+from fedfm.runtime.remote.codec import split_groups
+from fedfm.runtime.simulation import RoundState
+
+GROUPS = ("state", "personal", "pipeline")
+
+
+def _stores(state: RoundState) -> tuple[dict[int, Params], ...]:
+    return state.client_states, state.personal, state.pipeline_states
+
+
+class ClientStateStore:
+    """One client's states by round, in memory and (with a folder) on disk.
+
+    Example:
+        >>> import torch
+        >>> store = ClientStateStore(client_id=0, folder=None)
+        >>> state = RoundState(round=0, global_params={})
+        >>> state.client_states[0] = {"c": torch.ones(2)}
+        >>> store.save(3, state)
+        >>> store.before(3).client_states, store.before(4).client_states
+        ({}, {0: {'c': tensor([1., 1.])}})
+    """
+
+    def __init__(self, client_id: int, folder: Path | None, *, keep: int = 2) -> None:
+        self.client_id, self.folder, self.keep = client_id, folder, max(keep, 1)
+        self.saved: dict[int, Params | None] = {}  # round -> its state (None: on disk only)
+        if folder is not None and folder.is_dir():
+            for path in folder.glob("round-*.safetensors"):
+                self.saved[int(path.stem.removeprefix("round-"))] = None
+
+    def _path(self, round_: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"round-{round_:06d}.safetensors"
+
+    def before(self, round_: int) -> RoundState:
+        """The states this client held before round ``round_`` (empty before its first)."""
+        state = RoundState(round=0, global_params={})
+        earlier = [r for r in self.saved if r < round_]
+        if not earlier:
+            return state
+        newest = max(earlier)
+        flat = self.saved[newest]
+        if flat is None:
+            flat = self.saved[newest] = load_file(self._path(newest))
+        groups = split_groups(flat, GROUPS)
+        for store, group in zip(_stores(state), GROUPS, strict=True):
+            if groups[group]:
+                store[self.client_id] = groups[group]
+        return state
+
+    def save(self, round_: int, state: RoundState) -> None:
+        """Keep the states this client holds after round ``round_``."""
+        flat = {
+            f"{group}/{k}": v.contiguous()
+            for store, group in zip(_stores(state), GROUPS, strict=True)
+            for k, v in store.get(self.client_id, {}).items()
+        }
+        if not flat:
+            return
+        self.saved[round_] = flat
+        if self.folder is not None:
+            atomic_write_bytes(self._path(round_), save(flat))
+        for old in sorted(self.saved)[: -self.keep]:
+            del self.saved[old]
+            if self.folder is not None:
+                self._path(old).unlink(missing_ok=True)
