@@ -1,5 +1,6 @@
 """The Ray backend gives the in-process run's metrics and params for the same seed."""
 
+import contextlib
 import socket
 import sys
 
@@ -49,9 +50,9 @@ def local_ray():
     ray.shutdown()
 
 
-def _run(tmp_path, name, *extra):
+def _run(tmp_path, name, *extra, **kwargs):
     cfg = load_config(None, [*FAST, f"output_dir={tmp_path}", f"name={name}", *extra])
-    summary = execute(cfg, run_dir=prepare_run_dir(cfg, overwrite=False))
+    summary = execute(cfg, run_dir=prepare_run_dir(cfg, overwrite=False), **kwargs)
     records = [
         {k: v for k, v in r.items() if k != "seconds"}
         for r in read_records(tmp_path / name / "metrics.jsonl")
@@ -72,6 +73,56 @@ def test_ray_gives_the_in_process_metrics_and_params(tmp_path, local_ray, kind):
     if kind == "adaptive-dp":  # the clip norm moved, so the context reached the workers
         assert len({r["dp_clip"] for r in local[1]}) == len(local[1])
     assert ray[0]["final"] == local[0]["final"]
+    assert all(torch.equal(ray[2][k], local[2][k]) for k in local[2])
+
+
+def test_dead_workers_are_replaced_and_their_clients_dealt_again(tmp_path, local_ray):
+    import ray as ray_
+
+    from fedfm.runtime.ray_backend import WorkerPool
+    from fedfm.runtime.simulation import run_round
+
+    pools = []
+
+    @contextlib.contextmanager
+    def workers_that_die(job, run_dir, console):
+        pool = WorkerPool(job, console)
+        pools.append((pool, [a._actor_id for a in pool.actors]))
+
+        def run(job, state, *, on_client=None):
+            round_ = state.round + 1
+            if round_ == 3:  # a worker found dead when the round begins
+                ray_.kill(pool.actors[1])
+            victims = [pool.actors[0]] if round_ == 2 else []
+
+            def after_a_client(client_id):  # round 2: a worker dies while it trains a client
+                while victims:
+                    ray_.kill(victims.pop())
+
+            return run_round(job, state, on_client=after_a_client, fit=pool.fit)
+
+        try:
+            yield run
+        finally:
+            pool.close()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = _run(tmp_path, "local", *STATEFUL["scaffold"])
+        ray = _run(
+            tmp_path,
+            "ray",
+            *STATEFUL["scaffold"],
+            "backend=ray",
+            "ray.workers=2",
+            backend=workers_that_die,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    ((pool, first),) = pools
+    assert sum(a._actor_id not in first for a in pool.actors) == 2  # both were replaced
+    assert ray[1] == local[1]  # nobody excluded: every client of the dead workers trained again
     assert all(torch.equal(ray[2][k], local[2][k]) for k in local[2])
 
 

@@ -132,59 +132,114 @@ def _connect(cfg: RunConfig, console: Console) -> bool:
     return True
 
 
-def start_workers(job: Job, console: Console) -> list[Any]:
-    """Start ``ray.workers`` actors (one per CPU when 0) and check their backbones."""
-    import ray
+ATTEMPTS = 2  # a client whose worker dies is dealt again once, then counted as failed
 
-    rc = job.cfg.ray
-    workers = rc.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // rc.cpus_per_worker))
-    threads = rc.threads or max(1, int(rc.cpus_per_worker))
-    actor: Any = ray.remote(Worker).options(num_cpus=rc.cpus_per_worker)
-    with console.status(f"ray: starting {workers} workers (each loads the model) ..."):
-        actors = [actor.remote(job.cfg, job.synthetic_set, threads) for _ in range(workers)]
-        backbones = ray.get([a.backbone.remote() for a in actors])
-    wrong = [b for b in backbones if b != job.backbone]
-    if wrong:
-        raise FedFMError(
-            f"{len(wrong)} Ray worker(s) loaded backbone {wrong[0]}, not the driver's "
-            f"{job.backbone}: install the same fedfm and model files on every node"
+
+class WorkerPool:
+    """``ray.workers`` actors (one per CPU when 0) with checked backbones; its :meth:`fit` is
+    the :class:`~fedfm.runtime.simulation.CohortFitter` that deals clients to them.
+
+    A worker that dies (its process killed, its node lost) is replaced by a fresh one, which
+    loads the model again, and the client it was training is dealt again; a client whose
+    worker dies twice is recorded as failed, so the round goes on without it.
+    """
+
+    def __init__(self, job: Job, console: Console) -> None:
+        import ray
+
+        rc = job.cfg.ray
+        self.job, self.console = job, console
+        self.threads = rc.threads or max(1, int(rc.cpus_per_worker))
+        self.actor_class: Any = ray.remote(Worker).options(num_cpus=rc.cpus_per_worker)
+        count = rc.workers or max(
+            1, int(ray.cluster_resources().get("CPU", 1) // rc.cpus_per_worker)
         )
-    console.print(f"ray: {workers} workers × {threads} torch threads, backbone {job.backbone}")
-    return actors
+        with console.status(f"ray: starting {count} workers (each loads the model) ..."):
+            self.actors = self._start(count)
+        console.print(
+            f"ray: {count} workers × {self.threads} torch threads, backbone {job.backbone}"
+        )
 
+    def _start(self, count: int) -> list[Any]:
+        import ray
 
-def ray_fitter(actors: list[Any]) -> Any:
-    """A :class:`~fedfm.runtime.simulation.CohortFitter` that deals clients to ``actors``."""
-    import ray
+        job = self.job
+        actors = [
+            self.actor_class.remote(job.cfg, job.synthetic_set, self.threads) for _ in range(count)
+        ]
+        backbones = ray.get([a.backbone.remote() for a in actors])
+        wrong = [b for b in backbones if b != job.backbone]
+        if wrong:
+            raise FedFMError(
+                f"{len(wrong)} Ray worker(s) loaded backbone {wrong[0]}, not the driver's "
+                f"{job.backbone}: install the same fedfm and model files on every node"
+            )
+        return actors
 
-    def fit(job: Job, state: RoundState, plan: RoundPlan, clients: list[Any]) -> Iterator[Fitted]:
+    def _replace(self, dead: Any, shared: list[Any], round_: int, why: Exception) -> Any:
+        import ray
+
+        self.console.print(f"[yellow]ray: a worker died ({type(why).__name__}); starting another")
+        with contextlib.suppress(Exception):
+            ray.kill(dead)
+        (fresh,) = self._start(1)
+        ray.get(fresh.begin.remote(round_, *shared))
+        self.actors[self.actors.index(dead)] = fresh
+        return fresh
+
+    def _begin(self, round_: int, shared: list[Any]) -> None:
+        import ray
+
+        for actor, ref in [(a, a.begin.remote(round_, *shared)) for a in self.actors]:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as err:
+                self._replace(actor, shared, round_, err)
+
+    def fit(
+        self, job: Job, state: RoundState, plan: RoundPlan, clients: list[Any]
+    ) -> Iterator[Fitted]:
+        import ray
+
         shared = [ray.put(x) for x in (state.global_params, plan.payload, job.client_context())]
-        ray.get([a.begin.remote(plan.round, *shared) for a in actors])
-        queue = deque(enumerate(clients))
-        running: dict[Any, tuple[Any, int]] = {}  # future -> (actor, position)
+        self._begin(plan.round, shared)
+        queue = deque((i, client, 1) for i, client in enumerate(clients))
+        running: dict[Any, tuple[Any, int, Any, int]] = {}  # future -> actor, position, ...
         done: dict[int, Fitted] = {}
 
         def hand_out(actor: Any) -> None:
             if queue:
-                i, client = queue.popleft()
+                i, client, attempt = queue.popleft()
                 states = (
                     state.client_states.get(client.id, {}),
                     state.personal.get(client.id, {}),
                     state.pipeline_states.get(client.id, {}),
                 )
-                running[actor.fit.remote(client.id, plan.work[client.id], states)] = (actor, i)
+                future = actor.fit.remote(client.id, plan.work[client.id], states)
+                running[future] = (actor, i, client, attempt)
 
-        for actor in actors:
+        for actor in list(self.actors):
             hand_out(actor)
         for i in range(len(clients)):
             while i not in done:
                 (ready,), _ = ray.wait(list(running), num_returns=1)
-                actor, position = running.pop(ready)
-                done[position] = ray.get(ready)
+                actor, position, client, attempt = running.pop(ready)
+                try:
+                    done[position] = ray.get(ready)
+                except ray.exceptions.RayActorError as err:
+                    if attempt < ATTEMPTS:  # first in line again, on whichever worker is free
+                        queue.appendleft((position, client, attempt + 1))
+                    else:
+                        done[position] = (None, f"its Ray worker died {ATTEMPTS} times")
+                    actor = self._replace(actor, shared, plan.round, err)
                 hand_out(actor)
             yield done.pop(i)
 
-    return fit
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
 
 
 @contextlib.contextmanager
@@ -194,17 +249,17 @@ def ray_backend(job: Job, run_dir: Path, console: Console) -> Iterator[RoundRunn
     started = _connect(job.cfg, console)
     import ray
 
-    actors: list[Any] = []
+    pool: WorkerPool | None = None
     try:
-        actors = start_workers(job, console)
-        fit = ray_fitter(actors)
+        pool = WorkerPool(job, console)
+        fit = pool.fit
 
         def run(job: Job, state: RoundState, *, on_client: Any = None) -> dict[str, Any]:
             return run_round(job, state, on_client=on_client, fit=fit)
 
         yield run
     finally:
-        for a in actors:
-            ray.kill(a)
+        if pool is not None:
+            pool.close()
         if started:
             ray.shutdown()
