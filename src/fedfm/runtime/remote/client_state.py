@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from fedfm.io import atomic_write_bytes
 from fedfm.models.params import Params
-from fedfm.runtime.remote.codec import split_groups
+from fedfm.runtime.remote.codec import encode_groups, split_groups
 from fedfm.runtime.simulation import RoundState
 
 GROUPS = ("state", "personal", "pipeline")
@@ -48,7 +48,8 @@ class ClientStateStore:
 
     def __init__(self, client_id: int, folder: Path | None, *, keep: int = 2) -> None:
         self.client_id, self.folder, self.keep = client_id, folder, max(keep, 1)
-        self.saved: dict[int, Params | None] = {}  # round -> its state (None: on disk only)
+        # round -> its states by group (None: on disk only)
+        self.saved: dict[int, dict[str, Params] | None] = {}
         if folder is not None and folder.is_dir():
             for path in folder.glob("round-*.safetensors"):
                 self.saved[int(path.stem.removeprefix("round-"))] = None
@@ -64,27 +65,26 @@ class ClientStateStore:
         if not earlier:
             return state
         newest = max(earlier)
-        flat = self.saved[newest]
-        if flat is None:
-            flat = self.saved[newest] = load_file(self._path(newest))
-        groups = split_groups(flat, GROUPS)
+        groups = self.saved[newest]
+        if groups is None:
+            groups = self.saved[newest] = split_groups(load_file(self._path(newest)), GROUPS)
         for store, group in zip(_stores(state), GROUPS, strict=True):
-            if groups[group]:
+            if groups.get(group):
                 store[self.client_id] = groups[group]
         return state
 
     def save(self, round_: int, state: RoundState) -> None:
         """Keep the states this client holds after round ``round_``."""
-        flat = {
-            f"{group}/{k}": v.contiguous()
+        groups = {
+            group: store[self.client_id]
             for store, group in zip(_stores(state), GROUPS, strict=True)
-            for k, v in store.get(self.client_id, {}).items()
+            if store.get(self.client_id)
         }
-        if not flat:
+        if not groups:
             return
-        self.saved[round_] = flat
+        self.saved[round_] = groups
         if self.folder is not None:
-            atomic_write_bytes(self._path(round_), save(flat))
+            atomic_write_bytes(self._path(round_), encode_groups(groups))
         for old in sorted(self.saved)[: -self.keep]:
             del self.saved[old]
             if self.folder is not None:
