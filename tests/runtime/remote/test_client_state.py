@@ -1,8 +1,10 @@
 """A remote client's own states: by round, on disk, and what a restart finds."""
 
+import pytest
 import torch
 
-from fedfm.runtime.remote.client_state import ClientStateStore
+from fedfm.errors import FedFMError
+from fedfm.runtime.remote.client_state import ClientStateStore, state_folder
 from fedfm.runtime.simulation import RoundState
 
 
@@ -39,3 +41,12 @@ def test_a_client_without_states_writes_nothing(tmp_path):
     store = ClientStateStore(0, tmp_path / "states")
     store.save(1, RoundState(round=0, global_params={}))
     assert not (tmp_path / "states").exists()
+
+
+def test_a_run_id_that_is_not_hex_is_refused_as_a_folder_name(tmp_path):
+    assert state_folder(tmp_path, "c0", "98918d63899c915a") == tmp_path / "c0" / "98918d63899c915a"
+    assert state_folder(None, "c0", "98918d63899c915a") is None
+    assert state_folder(tmp_path, "c0", "") is None
+    for run in ("../../etc", "/abs", "ab/cd", "ABC"):
+        with pytest.raises(FedFMError, match="a run id is hex digits"):
+            state_folder(tmp_path, "c0", run)

@@ -38,7 +38,7 @@ from fedfm.resources.types import Split
 from fedfm.runtime.job import Job, build_job
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote import fedfm_pb2_grpc as pb_grpc
-from fedfm.runtime.remote.client_state import ClientStateStore
+from fedfm.runtime.remote.client_state import ClientStateStore, state_folder
 from fedfm.runtime.remote.codec import (
     assemble,
     chunks,
@@ -222,7 +222,7 @@ def join(
             job.adopt_context(task["context"])  # FLoRA's backbone delta, the adaptive clip
             run = dict(header.meta).get("run", "")
             if run not in stores:
-                folder = state_dir / conn.client_id / run if state_dir and run else None
+                folder = state_folder(state_dir, conn.client_id, run)
                 stores[run] = ClientStateStore(client.id, folder, keep=keep)
             local = stores[run].before(header.round)
             outcome = fit_client(job, client, task["global"], task["payload"], local, header.round)

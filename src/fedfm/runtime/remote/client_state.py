@@ -17,16 +17,35 @@ state to keep (FedAvg without compression) writes nothing.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from safetensors.torch import load_file
 
+from fedfm.errors import FedFMError
 from fedfm.io import atomic_write_bytes
 from fedfm.models.params import Params
 from fedfm.runtime.remote.codec import encode_groups, split_groups
 from fedfm.runtime.simulation import RoundState
 
 GROUPS = ("state", "personal", "pipeline")
+RUN_ID = re.compile(r"[0-9a-f]{1,64}")  # what the server's run_id file holds (token_hex)
+
+
+def state_folder(state_dir: Path | None, client_id: str, run: str) -> Path | None:
+    """``state_dir/client_id/run``, or None (memory only) without a folder or a run id.
+
+    Raises:
+        FedFMError: a run id that is not hex digits: it names a folder on this machine.
+    """
+    if state_dir is None or not run:
+        return None
+    if not RUN_ID.fullmatch(run):
+        raise FedFMError(
+            f"the server sent run id {run!r}; a run id is hex digits and names a folder "
+            "under --state-dir, so this client refuses it (is the server a fedfm server?)"
+        )
+    return state_dir / client_id / run
 
 
 def _stores(state: RoundState) -> tuple[dict[int, Params], ...]:
