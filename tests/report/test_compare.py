@@ -101,3 +101,9 @@ def test_model_card_documents_adapter_loading_and_config(tmp_path: Path) -> None
     assert "load_params_file(model," in text and "adapter.safetensors" in text
     assert f"```toml\n{config.rstrip()}\n```" in text
     assert "294,912 of 66,955,010 (0.44%)" in text and "full-model FL: 1,500 MB" in text
+    assert not (folder / "curves.png").exists() and "curves.png" not in text  # no dead link
+    (folder / "curves.png").write_bytes(b"\x89PNG")
+    assert (
+        "![learning curves](curves.png)"
+        in write_model_card(folder, summary=summary, config_toml=config).read_text()
+    )

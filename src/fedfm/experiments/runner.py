@@ -62,8 +62,12 @@ def _same_config(run_dir: Path, cfg: RunConfig) -> bool:
     return replace(old, output_dir=cfg.output_dir) == cfg
 
 
-def run_arm(arm: Arm, runs_dir: Path, console: Console) -> ArmResult:
-    """Run one arm, or reuse its finished run, or resume its interrupted one."""
+def run_arm(arm: Arm, runs_dir: Path, console: Console, *, plot: bool = True) -> ArmResult:
+    """Run one arm, or reuse its finished run, or resume its interrupted one.
+
+    ``plot=False`` leaves out the run's own ``curves.png`` (the quick versions: the report
+    draws its own figures).
+    """
     cfg = arm_config(arm, runs_dir)
     run_dir = runs_dir / arm.name
     summary_path = run_dir / "summary.json"
@@ -71,9 +75,9 @@ def run_arm(arm: Arm, runs_dir: Path, console: Console) -> ArmResult:
     if same and summary_path.is_file():
         console.print(f"[dim]reusing finished run {run_dir}[/]")
     elif same and (run_dir / CHECKPOINT_FILE).is_file():
-        execute(cfg, run_dir=run_dir, resume=True, console=console)
+        execute(cfg, run_dir=run_dir, resume=True, console=console, plot=plot)
     else:
-        execute(cfg, run_dir=prepare_run_dir(cfg, overwrite=True), console=console)
+        execute(cfg, run_dir=prepare_run_dir(cfg, overwrite=True), console=console, plot=plot)
     return ArmResult(
         arm=arm,
         config=cfg,
@@ -123,7 +127,7 @@ def run_experiment(
     selected = _select(arms, only)
     for i, arm in enumerate(selected, 1):
         console.rule(f"{name} · arm {i}/{len(selected)} · {arm.name}")
-        results.append(run_arm(arm, runs_dir, console))
+        results.append(run_arm(arm, runs_dir, console, plot=not quick))
     if only is not None:
         console.print(f"ran {len(results)} arms of {name}; run without --only for the report")
         return out_dir / "report.md"

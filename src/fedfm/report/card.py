@@ -48,7 +48,7 @@ def model_card_markdown(run_dir: Path, *, summary: Mapping[str, Any], config_tom
         _facts_table(summary),
         "## Final metrics\n\n" + _metrics_table(summary),
         _load_section(run_dir, summary),
-        "## Files\n\n" + _files_list(),
+        "## Files\n\n" + _files_list(curves=(run_dir / "curves.png").is_file()),
         "## Resolved config\n\n" + _code_block(config_toml, "toml"),
     ]
     return _FRONT_MATTER + "\n\n".join(s.rstrip("\n") for s in sections) + "\n"
@@ -112,15 +112,16 @@ def _load_section(run_dir: Path, summary: Mapping[str, Any]) -> str:
     )
 
 
-def _files_list() -> str:
-    return (
+def _files_list(*, curves: bool) -> str:
+    files = (
         "- `adapter.safetensors`: the trained adapter and task head\n"
         "- `config.toml`: the resolved config (also below)\n"
         "- `metrics.jsonl`: one record per round\n"
         "- `summary.json`: final numbers\n"
-        "- `curves.png`: learning curves\n\n"
-        "![learning curves](curves.png)"
     )
+    if not curves:  # a run drawn without its plot (an experiment's quick version)
+        return files
+    return files + "- `curves.png`: learning curves\n\n![learning curves](curves.png)"
 
 
 def _params_text(summary: Mapping[str, Any]) -> str:

@@ -233,11 +233,14 @@ def ledger_entry(job: Job, record: dict[str, Any]) -> dict[str, Any]:
 MERGED_FILE = "merged.safetensors"  # dense additions to frozen weights (flora, reproject off)
 
 
-def _finish(job: Job, run_dir: Path, state: RoundState, wall: float) -> dict[str, Any]:
+def _finish(
+    job: Job, run_dir: Path, state: RoundState, wall: float, *, plot: bool
+) -> dict[str, Any]:
     records = read_records(run_dir / METRICS_FILE)
     summary = _summary(job, state, records, wall)
     atomic_write_json(run_dir / "summary.json", summary)
-    plot_curves(records, run_dir / "curves.png", title=job.cfg.run_name)
+    if plot:
+        plot_curves(records, run_dir / "curves.png", title=job.cfg.run_name)
     meta = {"model": job.cfg.model.name, "adapter": job.cfg.adapter.method}
     if job.strategy.personalized:  # no global model: each client's own params
         for client in job.federation.clients:
@@ -277,6 +280,7 @@ def execute(
     console: Console | None = None,
     stop_after: int | None = None,
     backend: Backend | None = None,
+    plot: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the federated job of ``cfg`` in ``run_dir``; return the summary.
 
@@ -285,6 +289,8 @@ def execute(
         backend: ``(job, run_dir, console) -> context manager`` that yields what runs a
             round (``fedfm serve``'s remote clients); by default ``cfg.backend``'s: the
             in-process simulator or Ray actors.
+        plot: draw the run's ``curves.png`` (about 1.5 s of matplotlib; experiments' quick
+            versions skip it).
     """
     console = console or Console()
     started = time.perf_counter()
@@ -368,7 +374,7 @@ def execute(
             progress.advance(rounds_bar)
             if stop_after is not None and state.round >= stop_after:
                 return {"stopped_after": state.round}
-    summary = _finish(job, run_dir, state, time.perf_counter() - started)
+    summary = _finish(job, run_dir, state, time.perf_counter() - started, plot=plot)
     console.print(
         f"done in {summary['wall_seconds']:.0f} s → {run_dir} "
         f"(metrics.jsonl, curves.png, adapter.safetensors, {CHECKPOINT_FILE})",
