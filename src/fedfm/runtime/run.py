@@ -377,7 +377,7 @@ def execute(
     summary = _finish(job, run_dir, state, time.perf_counter() - started, plot=plot)
     console.print(
         f"done in {summary['wall_seconds']:.0f} s → {run_dir} "
-        f"(metrics.jsonl, curves.png, adapter.safetensors, {CHECKPOINT_FILE})",
+        f"(metrics.jsonl, {'curves.png, ' if plot else ''}adapter.safetensors, {CHECKPOINT_FILE})",
         soft_wrap=True,
     )
     return summary
