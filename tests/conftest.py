@@ -27,3 +27,13 @@ def _full_and_resumed(
 @pytest.fixture
 def full_and_resumed() -> Callable[[list[str], int], tuple[dict[str, Any], dict[str, Any], Path]]:
     return _full_and_resumed
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``{kind: folder}`` of tiny random-init HF models (see ``tests/tiny_models.py``), shared
+    by the whole session: copy a folder (``shutil.copytree``) before changing it."""
+    from tiny_models import KINDS, make_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {kind: make_tiny_model(kind, root / kind) for kind in KINDS}

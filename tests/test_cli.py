@@ -96,8 +96,10 @@ def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path, capsys, overrides,
 def test_existing_run_folder_and_resume_errors(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "config.toml").write_text("rounds = 1\n")
+    (tmp_path / "taken" / "checkpoint.safetensors").write_bytes(b"")
     assert _run(tmp_path, "name=taken") == 2
     assert "--resume" in capsys.readouterr().out
+    (tmp_path / "taken" / "checkpoint.safetensors").unlink()  # a run that never checkpointed
     assert main(["run", "--resume", str(tmp_path / "taken")]) == 2
     assert "nothing to resume" in capsys.readouterr().out.replace("\n", " ")
     assert main(["run", "--resume", str(tmp_path / "nope")]) == 2

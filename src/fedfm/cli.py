@@ -9,6 +9,8 @@ fedfm serve CONFIG.toml [--set ...] [--resume]                serve the job to r
 fedfm join --server HOST:PORT --credentials FILE [--ca ...]   a remote client: train when asked
 fedfm admin init-tls DIR [--host H ...]                       a private CA and a server certificate
 fedfm admin add-client DIR --id ID --out FILE [--cert]        issue a client's credentials
+fedfm export RUN --merged DIR [--overwrite]                   the run's model as one HF folder
+fedfm eval RUN [--data FILE] [--set ...] [--out FILE]         score a finished run again
 fedfm exp NAME [--quick] [--only GLOB]                        run an experiment, write its report
 fedfm list                                                    what is registered
 """
@@ -30,19 +32,28 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> None:
+    # the config, names, paths and run folder are checked before torch is imported
     from fedfm.config import load_config
-    from fedfm.runtime.run import execute, prepare_run_dir, resume_config
+    from fedfm.runtime.preflight import preflight
+    from fedfm.runtime.run_folder import new_run_dir, resume_config, resumed_run
 
     if args.resume:
         if args.config:
             raise FedFMError("give either a CONFIG or --resume RUN, not both")
         run_dir = Path(args.resume)
         cfg = resume_config(run_dir, args.set)
-        execute(cfg, run_dir=run_dir, resume=True, console=console)
+        preflight(cfg, run_dir=run_dir)
+        from fedfm.runtime.run import execute
+
+        with resumed_run(run_dir):
+            execute(cfg, run_dir=run_dir, resume=True, console=console)
         return
     cfg = load_config(args.config, args.set)
-    run_dir = prepare_run_dir(cfg, overwrite=args.overwrite)
-    execute(cfg, run_dir=run_dir, console=console)
+    preflight(cfg, run_dir=Path(cfg.output_dir) / cfg.run_name)
+    from fedfm.runtime.run import execute
+
+    with new_run_dir(cfg, overwrite=args.overwrite) as run_dir:
+        execute(cfg, run_dir=run_dir, console=console)
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> None:
@@ -57,11 +68,11 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> None:
 def _cmd_data_stats(args: argparse.Namespace, console: Console) -> None:
     from fedfm.config import load_config
     from fedfm.data.federation import build_federation, subsample
+    from fedfm.data.load import load_data
     from fedfm.data.stats import plot_stats, stats_summary, stats_table, summarize
-    from fedfm.resources.datasets import load_dataset
 
     cfg = load_config(args.config, args.set)
-    dataset = load_dataset(cfg.data.dataset)
+    dataset = load_data(cfg.data)
     train = subsample(dataset.train, cfg.data.max_train_examples, seed=cfg.seed)
     federation = build_federation(train, cfg.data, seed=cfg.seed)
     parts = [c.train for c in federation.clients]
@@ -70,7 +81,7 @@ def _cmd_data_stats(args: argparse.Namespace, console: Console) -> None:
     )
     console.print(stats_table(stats))
     console.print(stats_summary(stats))
-    plot = Path(args.plot or f"{cfg.data.dataset}-{cfg.data.partition}-stats.png")
+    plot = Path(args.plot or f"{dataset.name}-{cfg.data.partition}-stats.png")
     plot_stats(stats, plot)
     console.print(f"plot → {plot}")
 
@@ -116,17 +127,19 @@ def _cmd_synth(args: argparse.Namespace, console: Console) -> None:
 def _cmd_serve(args: argparse.Namespace, console: Console) -> None:
     from fedfm.config import load_config
     from fedfm.runtime.remote.server import check_remote, remote_backend
-    from fedfm.runtime.run import execute, prepare_run_dir, resume_config
+    from fedfm.runtime.run import execute
+    from fedfm.runtime.run_folder import new_run_dir, resume_config, resumed_run
 
     cfg = load_config(args.config, args.set)
     check_remote(cfg)
     if args.resume:
         run_dir = Path(cfg.output_dir) / cfg.run_name
         cfg = resume_config(run_dir, args.set)
-        execute(cfg, run_dir=run_dir, resume=True, console=console, backend=remote_backend)
+        with resumed_run(run_dir):
+            execute(cfg, run_dir=run_dir, resume=True, console=console, backend=remote_backend)
         return
-    run_dir = prepare_run_dir(cfg, overwrite=args.overwrite)
-    execute(cfg, run_dir=run_dir, console=console, backend=remote_backend)
+    with new_run_dir(cfg, overwrite=args.overwrite) as run_dir:
+        execute(cfg, run_dir=run_dir, console=console, backend=remote_backend)
 
 
 def _cmd_join(args: argparse.Namespace, console: Console) -> None:
@@ -153,7 +166,12 @@ def _cmd_join(args: argparse.Namespace, console: Console) -> None:
         None if args.state_dir == "none" else Path(args.state_dir or cache_root() / "clients")
     )
     done = join(
-        conn, data=args.data, partition=args.partition, console=console, state_dir=state_dir
+        conn,
+        data=args.data,
+        partition=args.partition,
+        console=console,
+        state_dir=state_dir,
+        model=args.model,
     )
     console.print(f"done: {done['rounds']} rounds on {done['examples']} examples")
 
@@ -174,6 +192,39 @@ def _cmd_admin(args: argparse.Namespace, console: Console) -> None:
     if args.cert:
         cert, key = client_certificate(folder, args.id)
         console.print(f"mutual TLS: {cert} and {key}")
+
+
+def _cmd_export(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.runtime.finished import check_can_export
+
+    check_can_export(Path(args.run), Path(args.merged), overwrite=args.overwrite)  # no torch yet
+    from fedfm.models.export import export_merged
+
+    with console.status("merging the adapter into the base model ..."):
+        out = export_merged(args.run, args.merged, overwrite=args.overwrite)
+    console.print(f"wrote {out} (a standalone Hugging Face model folder)", soft_wrap=True)
+
+
+def _cmd_eval(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.runtime.finished import check_can_score
+
+    check_can_score(Path(args.run))  # before torch is imported
+    from fedfm.runtime.rescore import default_result_path, rescore_run, write_result
+
+    with console.status("loading the run's model and data ..."):
+        result = rescore_run(args.run, data=args.data, overrides=args.set)
+    metrics = "  ".join(  # scalars; per-class lists are in the JSON
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in result["metrics"].items()
+        if isinstance(v, (int, float))
+    )
+    console.print(
+        f"{result['dataset']}: {result['examples']} examples  {metrics}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    out = write_result(result, args.out or default_result_path(args.run, args.data))
+    console.print(f"wrote {out}", soft_wrap=True)
 
 
 def _cmd_exp(args: argparse.Namespace, console: Console) -> None:
@@ -265,8 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     join_.add_argument("--cert", help="client certificate (mutual TLS)")
     join_.add_argument("--key", help="client key (mutual TLS)")
     join_.add_argument("--insecure", action="store_true", help="plaintext (loopback tests only)")
-    join_.add_argument("--data", help="your own CSV or JSONL of text and label")
+    join_.add_argument(
+        "--data",
+        help="your own data, in any form data.dataset takes (CSV, TSV, JSONL, JSON, Parquet, "
+        "text file, save_to_disk folder), with the columns the server's config names",
+    )
     join_.add_argument("--partition", type=int, help="registry partition to use (default: yours)")
+    join_.add_argument(
+        "--model", help="your copy of the server's model folder, if not at its model.name path"
+    )
     join_.add_argument(
         "--state-dir",
         help="where the client keeps its own states between rounds, so a restart loses none "
@@ -288,6 +346,26 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--out", required=True, help="credentials file to hand to the client")
     add.add_argument("--cert", action="store_true", help="also a client certificate (mutual TLS)")
     add.set_defaults(func=_cmd_admin)
+
+    export = sub.add_parser("export", help="write a run's model as a standalone HF folder")
+    export.add_argument("run", help="a finished run folder")
+    export.add_argument(
+        "--merged", required=True, metavar="DIR", help="the adapter merged into the base model"
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
+    export.set_defaults(func=_cmd_export)
+
+    eval_ = sub.add_parser("eval", help="score a finished run on its test set or new data")
+    eval_.add_argument("run", help="a finished run folder")
+    eval_.add_argument(
+        "--data",
+        metavar="FILE",
+        help="score on this data instead (data.dataset): a file is scored whole, every row; "
+        "a registry name by its test split",
+    )
+    eval_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    eval_.add_argument("--out", help="where to write the metrics (default RUN/eval*.json)")
+    eval_.set_defaults(func=_cmd_eval)
 
     exp = sub.add_parser("exp", help="run an experiment and write its report (no NAME: list)")
     exp.add_argument("name", nargs="?", help="experiment name; omit to list them")
@@ -313,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     except FedFMError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
-    except KeyboardInterrupt:
-        console.print("interrupted: completed rounds are in metrics.jsonl; continue with --resume")
+    except KeyboardInterrupt as err:  # `fedfm run` and `serve` say what to do next
+        console.print(f"interrupted: {err}" if str(err) else "interrupted", highlight=False)
         return 130
     return 0
 

@@ -27,7 +27,9 @@ from fedfm.errors import ConfigError, closest
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "trec6"  # registry name: trec6 | sentiment4 | sms_spam | shakespeare | digits
+    # registry name (trec6 | sentiment4 | sms_spam | shakespeare | digits) or a path: a .csv,
+    # .tsv, .jsonl, .json or .parquet file, or a folder from datasets' save_to_disk
+    dataset: str = "trec6"
     partition: str = "dirichlet"  # iid | dirichlet | shards | quantity | natural
     num_clients: int = 10  # natural: 0 = one client per group
     alpha: float = 0.5  # Dirichlet concentration (dirichlet: label skew; quantity: size skew)
@@ -37,12 +39,22 @@ class DataConfig:
     max_length: int = 64  # tokens per example (truncation); batches are padded per batch
     max_train_examples: int = 0  # 0 = all; >0 = seeded subsample of the training pool
     max_test_examples: int = 0  # 0 = all; >0 = seeded subsample of the global test set
+    # the keys below read a dataset file (data.dataset = a path); the registry's ignore them
+    task: str = "auto"  # classification | causal_lm | auto: classification if label_column exists
+    text_column: str = "text"  # the text (causal LM: the document to model)
+    text_pair_column: str = ""  # a second text per row, encoded as a pair (NLI, QA); "" = none
+    label_column: str = "label"  # class names or integer ids
+    label_names: tuple[str, ...] = ()  # class names in id order; () = ClassLabel's, else sorted
+    group_column: str = ""  # a client or owner id per row: partition = "natural" uses it
+    split_column: str = ""  # "train" or "test" per row; "" = a seeded, stratified 20% test set
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "minilm"  # registry name: minilm | smollm2-135m | mlp
+    name: str = "minilm"  # registry name (minilm | smollm2-135m | mlp) or an HF model folder
     pretrained: bool = True  # false = same architecture, random init (baseline)
+    dtype: str = "float32"  # backbone dtype: float32 | bfloat16 | float16
+    trust_remote_code: bool = False  # let a model folder run its own Python code
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,9 @@ class ClientConfig:
     momentum: float = 0.0  # sgd only
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 = no gradient clipping
+    # classification loss: balanced (each client's label prior added to the logits in
+    # training: balanced softmax, against label skew) | ce (plain cross-entropy)
+    loss: str = "balanced"
 
 
 @dataclass(frozen=True)
@@ -196,6 +211,10 @@ class RemoteConfig:
     mutual_tls: bool = False  # also require a client certificate signed by the CA
     insecure: bool = False  # plaintext on loopback (tests); never across machines
     max_update_mb: float = 1024.0  # the largest update accepted
+    max_inflight_mb: float = 2048.0  # updates buffered at once, all clients together
+    max_examples: int = 1_000_000  # the largest num_examples (FedAvg weight) an update may claim
+    stream_timeout: float = 30.0  # seconds a stream may stall before the server cuts it
+    patience: int = 1  # more deadlines a round below the quorum waits, then takes what arrived
 
 
 @dataclass(frozen=True)
@@ -270,9 +289,14 @@ class RunConfig:
         if self.name:
             return self.name
         return (
-            f"{self.data.dataset}-{self.model.name}-{self.adapter.method}-{self.strategy.name}"
-            f"-{self.data.partition}-s{self.seed}"
+            f"{_stem(self.data.dataset)}-{_stem(self.model.name)}-{self.adapter.method}"
+            f"-{self.strategy.name}-{self.data.partition}-s{self.seed}"
         )
+
+
+def _stem(name: str) -> str:
+    """A registry name as is; a model or dataset path by its last component (run names)."""
+    return Path(name.rstrip("/\\")).name or name
 
 
 # ---------------------------------------------------------------- validation of values
@@ -300,6 +324,7 @@ _POSITIVE = {
     "client.batch_size",
     "eval.batch_size",
     "eval.every",
+    "remote.max_examples",
 }
 _NON_NEGATIVE = {
     "data.num_clients",
@@ -328,6 +353,7 @@ _NON_NEGATIVE = {
     "dpsgd.noise_multiplier",
     "synthetic.ratio",
     "synthetic.examples_per_prompt",
+    "remote.patience",
 }
 _STRICTLY_POSITIVE_FLOATS = {
     "data.alpha",
@@ -343,12 +369,17 @@ _STRICTLY_POSITIVE_FLOATS = {
     "remote.deadline",
     "ray.cpus_per_worker",
     "remote.max_update_mb",
+    "remote.max_inflight_mb",
+    "remote.stream_timeout",
 }
 _UNIT_INTERVAL = {"strategy.beta1", "strategy.beta2", "strategy.server_momentum"}
 _CHOICES = {
     "backend": ("simulation", "ray"),
     "adapter.method": ("lora", "ia3", "bitfit", "head", "full"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.task": ("auto", "classification", "causal_lm"),
     "client.optimizer": ("adamw", "adam", "sgd"),
+    "client.loss": ("ce", "balanced"),
     "compression.method": ("none", "quantize", "topk"),
     "compression.bits": (1, 2, 4, 8),
     "system.late": ("drop", "partial"),
@@ -425,10 +456,22 @@ def _range_problems(cfg: RunConfig) -> list[str]:
             problems.append(f"{key} = {list(flat[key])} must all be >= 1")
     if any(not v > 0 for v in flat["system.speeds"]):
         problems.append(f"system.speeds = {list(flat['system.speeds'])} must all be > 0")
+    if flat["model.dtype"] == "float16" and flat["adapter.method"] in ("bitfit", "full"):
+        problems.append(
+            f"model.dtype = 'float16' with adapter.method = {flat['adapter.method']!r} trains "
+            "float16 tensors, which Adam turns into inf (its eps underflows): use model.dtype "
+            "= 'bfloat16' or 'float32', or adapter.method = 'lora', 'ia3' or 'head'"
+        )
     if flat["adapter.freeze_a"] and flat["adapter.method"] != "lora":
         problems.append(
             f"adapter.freeze_a = true freezes LoRA's A, but adapter.method = "
             f"{flat['adapter.method']!r}: set adapter.method = 'lora' or drop freeze_a"
+        )
+    if flat["remote.max_inflight_mb"] < flat["remote.max_update_mb"]:
+        problems.append(
+            f"remote.max_inflight_mb = {flat['remote.max_inflight_mb']!r} is below "
+            f"remote.max_update_mb = {flat['remote.max_update_mb']!r}: the largest update "
+            "could never arrive; raise remote.max_inflight_mb"
         )
     if not 0 < flat["remote.quorum"] <= 1:
         problems.append(f"remote.quorum = {flat['remote.quorum']!r} must be in (0, 1]")
@@ -447,8 +490,29 @@ def _range_problems(cfg: RunConfig) -> list[str]:
         )
     problems.extend(_privacy_problems(flat))
     problems.extend(_synthetic_problems(flat))
+    problems.extend(_data_file_problems(flat))
     if flat["client.epochs"] == 0 and flat["client.steps"] == 0:
         problems.append("client.epochs and client.steps are both 0: set one of them >= 1")
+    return problems
+
+
+def _data_file_problems(flat: dict[str, Any]) -> list[str]:
+    """Column keys of a dataset file that cannot be right whatever the file holds."""
+    problems = []
+    if not flat["data.text_column"]:
+        problems.append("data.text_column is empty: name the column that holds the text")
+    names = list(flat["data.label_names"])
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        problems.append(f"data.label_names = {names} repeats {repeated}: list each class once")
+    keys = ("text_column", "text_pair_column", "label_column", "group_column", "split_column")
+    used = [(k, flat[f"data.{k}"]) for k in keys if flat[f"data.{k}"]]
+    for i, (key, column) in enumerate(used):
+        for other, same in used[i + 1 :]:
+            if same == column and {key, other} != {"label_column", "group_column"}:
+                problems.append(
+                    f"data.{key} and data.{other} both name column {column!r}: give each its own"
+                )
     return problems
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, recall_score
 
 from fedfm.data.batching import Batch
 from fedfm.registry import Registry
@@ -45,7 +46,7 @@ class Task(ABC):
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor: ...
 
     @abstractmethod
-    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]: ...
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, Any]: ...
 
 
 TASKS: Registry[type[Task]] = Registry("task")
@@ -63,7 +64,7 @@ class Classification(Task):
         return F.cross_entropy(_logits(model, batch), batch["labels"])
 
     @torch.inference_mode()
-    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, Any]:
         preds, labels, loss_sum = [], [], 0.0
         for batch in _on_model_device(model, batches):
             logits = _logits(model, batch).float()
@@ -71,6 +72,7 @@ class Classification(Task):
             preds.append(logits.argmax(-1).cpu().numpy())
             labels.append(batch["labels"].cpu().numpy())
         y_pred, y_true = np.concatenate(preds), np.concatenate(labels)
+        ids = list(range(self.num_labels))
         return {
             "accuracy": float((y_pred == y_true).mean()),
             "macro_f1": float(
@@ -83,7 +85,44 @@ class Classification(Task):
                 )
             ),
             "loss": loss_sum / len(y_true),
+            # recall of each label id (0 for a label absent from the split); a collapse to
+            # one class shows as a single 1.0 here and predicted_classes = 1
+            "class_recall": recall_score(
+                y_true, y_pred, labels=ids, average=None, zero_division=0
+            ).tolist(),
+            "predicted_classes": int(len(np.unique(y_pred))),
         }
+
+
+class BalancedLoss(Task):
+    """A classification task whose training loss is balanced for one client's labels.
+
+    Balanced softmax (Ren et al., NeurIPS 2020), the logit adjustment of Menon et al.
+    (ICLR 2021) with the client's own label prior ``pi``: the loss is the cross-entropy of
+    ``logits + log(pi)``. A client that holds one or two classes (Dirichlet label skew) then
+    fits its labels through the prior rather than by pushing the shared head toward them,
+    and a class it does not hold (``pi = 0``) gets no gradient at all, as in FedRS (Li and
+    Zhan, KDD 2021). Evaluation is the plain task's: the model itself is never adjusted.
+
+    Example:
+        >>> task = BalancedLoss(Classification(3), counts=np.array([5, 0, 1]))
+        >>> task.offset.exp().round(decimals=3).tolist()
+        [0.833, 0.0, 0.167]
+    """
+
+    def __init__(self, task: Task, counts: np.ndarray) -> None:
+        super().__init__(task.num_labels)
+        self.task, self.name = task, task.name
+        self.main_metric, self.higher_is_better = task.main_metric, task.higher_is_better
+        prior = torch.as_tensor(counts, dtype=torch.float32) / max(int(counts.sum()), 1)
+        self.offset = torch.log(prior.clamp(min=1e-12))  # (K,); an absent class: about -27.6
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        logits = _logits(model, batch)
+        return F.cross_entropy(logits + self.offset.to(logits), batch["labels"])
+
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, Any]:
+        return self.task.evaluate(model, batches)
 
 
 @TASKS.register(CAUSAL_LM)
@@ -111,7 +150,7 @@ class CausalLM(Task):
         return total / count.clamp(min=1)
 
     @torch.inference_mode()
-    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, Any]:
         total, count = 0.0, 0
         for batch in _on_model_device(model, batches):
             loss_sum, n = self._token_losses(model, batch)

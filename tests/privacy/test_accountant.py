@@ -7,7 +7,7 @@ import dp_accounting
 import pytest
 
 from fedfm.errors import ConfigError
-from fedfm.privacy.accountant import epsilon, noise_for_epsilon, plan_budget
+from fedfm.privacy.accountant import epsilon, epsilon_floor, noise_for_epsilon, plan_budget
 
 
 @pytest.mark.parametrize(
@@ -79,3 +79,10 @@ def test_target_mode_derives_the_noise_for_all_rounds():
     budget = _plan(noise_multiplier=0.0)
     assert budget.rounds == 50
     assert budget.epsilon(50) <= 4.0
+
+
+def test_a_budget_no_noise_can_meet_is_refused_at_once():
+    # Opacus' epsilon(655360, 0.5, 8, 1e-5), its last try before "budget too low", is 0.0083671
+    assert epsilon_floor(1e-5) == pytest.approx(0.0083671, rel=1e-4)
+    with pytest.raises(ConfigError, match=r"privacy.target_epsilon = 0.0001 is too small"):
+        noise_for_epsilon(1e-4, 0.5, 8, 1e-5)  # Opacus: ValueError after ~30 s

@@ -98,7 +98,7 @@ def test_model_card_documents_adapter_loading_and_config(tmp_path: Path) -> None
     text = card.read_text()
     assert card == folder / "README.md"
     assert "tiny-bert" in text and "sst2-mini" in text and "87.34%" in text
-    assert "load_params_file(model," in text and "adapter.safetensors" in text
+    assert "load_params_file(job.model," in text and "adapter.safetensors" in text
     assert f"```toml\n{config.rstrip()}\n```" in text
     assert "294,912 of 66,955,010 (0.44%)" in text and "full-model FL: 1,500 MB" in text
     assert not (folder / "curves.png").exists() and "curves.png" not in text  # no dead link

@@ -130,6 +130,32 @@ def test_split_indices_ignores_the_global_seed_and_keeps_singletons_in_train() -
     assert 15 in train1  # the singleton 'c'
 
 
+def _loop_split(strata, *, test_fraction=0.2, seed=20_240_611):
+    """The first split_indices, one Python list per stratum: the reference it must equal."""
+    members: dict[str, list[int]] = {}
+    for i, key in enumerate(strata):
+        members.setdefault(key, []).append(i)
+    rng = np.random.default_rng(seed)
+    test = []
+    for key in sorted(members):
+        if len(members[key]) >= 2:
+            n_test = max(1, round(test_fraction * len(members[key])))
+            test.append(rng.permutation(members[key])[:n_test])
+    test_idx = np.sort(np.concatenate(test)) if test else np.zeros(0, dtype=np.int64)
+    train_mask = np.ones(len(strata), dtype=bool)
+    train_mask[test_idx] = False
+    return np.flatnonzero(train_mask), test_idx
+
+
+def test_vectorised_split_indices_equals_the_loop_it_replaced() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        n, k = int(rng.integers(0, 400)), int(rng.integers(1, 40))
+        strata = [f"k{x}:{'é' if x % 3 else 'Z'}" for x in rng.integers(0, k, n)]
+        for got, want in zip(split_indices(strata), _loop_split(strata), strict=True):
+            assert np.array_equal(got, want) and got.dtype == want.dtype, trial
+
+
 PLAY = """TITLE
 
 PERSONS REPRESENTED.

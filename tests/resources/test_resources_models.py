@@ -65,6 +65,12 @@ def test_mlp_forward_and_loss() -> None:
         ("minilm", {"task": "regression"}, "task = 'regression'"),
         ("minilm", {"task": "classification", "num_labels": 1}, "num_labels = 1"),
         ("mini-lm", {"task": "classification", "num_labels": 2}, "Did you mean 'minilm'"),
+        ("mini-lm", {"task": "classification", "num_labels": 2}, "path of a Hugging Face model"),
+        (
+            "mlp",
+            {"task": "classification", "num_labels": 10, "input_dim": 64, "dtype": "bfloat16"},
+            "model.dtype = 'bfloat16'",
+        ),
     ],
 )
 def test_bad_requests_name_the_field(name: str, kwargs: dict, match: str) -> None:

@@ -128,6 +128,6 @@ def test_training_improves_accuracy(tmp_path):
         "curves.png",
         "adapter.safetensors",
         "README.md",
-        "checkpoint.pt",
+        "checkpoint.safetensors",
     ):
         assert (tmp_path / cfg.run_name / name).stat().st_size > 0

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedfm.data.texts import TextColumn
+from fedfm.data.token_cache import RaggedIds, cached_ids
 from fedfm.resources.types import Split
 
 Batch = dict[str, torch.Tensor]
@@ -18,14 +20,15 @@ class Encoded:
     """A split ready for batching.
 
     Attributes:
-        ids: token ids per example (text), each an int64 array of its own length; or
-            ``None`` for feature datasets.
+        ids: token ids per example (text), each an int64 array of its own length (a list,
+            or for a dataset file a :class:`~fedfm.data.token_cache.RaggedIds` over the
+            memory-mapped token cache); or ``None`` for feature datasets.
         features: float32 ``(N, D)`` for feature datasets, else ``None``.
         labels: int64 ``(N,)`` class ids, or ``None`` for causal LM.
         pad_id: the tokenizer's pad token id.
     """
 
-    ids: list[np.ndarray] | None
+    ids: list[np.ndarray] | RaggedIds | None
     features: np.ndarray | None
     labels: np.ndarray | None
     pad_id: int = 0
@@ -39,17 +42,26 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         if self.ids is None:
             return np.ones(len(self), dtype=np.int64)
+        if isinstance(self.ids, RaggedIds):
+            return self.ids.lengths()
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
 
 def encode(split: Split, tokenizer, *, max_length: int) -> Encoded:  # noqa: ANN001
-    """Tokenise every example of ``split`` once (truncated to ``max_length``, unpadded)."""
+    """Tokenise every example of ``split`` once (truncated to ``max_length``, unpadded).
+
+    A dataset file's texts (a :class:`~fedfm.data.texts.TextColumn`) are tokenised once per
+    file, tokenizer and ``max_length``, and cached on disk (:mod:`fedfm.data.token_cache`).
+    """
     if tokenizer is None:
         features = np.asarray(split.inputs, dtype=np.float32)
         return Encoded(ids=None, features=features, labels=split.labels)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if isinstance(split.inputs, TextColumn):
+        ragged = cached_ids(split.inputs, tokenizer, max_length=max_length)
+        return Encoded(ids=ragged, features=None, labels=split.labels, pad_id=pad_id)
     enc = tokenizer(list(split.inputs), truncation=True, max_length=max_length)
     ids = [np.asarray(x, dtype=np.int64) for x in enc["input_ids"]]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return Encoded(ids=ids, features=None, labels=split.labels, pad_id=pad_id)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from fedfm.config import DataConfig
 from fedfm.data.partition import natural_groups, partition
+from fedfm.data.texts import TextColumn
 from fedfm.resources.types import Split
 
 
@@ -48,8 +49,8 @@ class Federation:
 def take(split: Split, indices: np.ndarray) -> Split:
     """The sub-split at ``indices``."""
     inputs = (
-        split.inputs[indices]
-        if isinstance(split.inputs, np.ndarray)
+        split.inputs[indices]  # a feature array, or a dataset file's lazy TextColumn
+        if isinstance(split.inputs, np.ndarray | TextColumn)
         else [split.inputs[i] for i in indices]
     )
     labels = None if split.labels is None else split.labels[indices]

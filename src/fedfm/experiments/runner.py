@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import time
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,29 @@ def default_dirs(name: str, *, quick: bool) -> tuple[Path, Path]:
     return Path("experiments") / name, Path("runs/exp") / name
 
 
+# E1-E6 ran with plain cross-entropy, before client.loss = "balanced" became the default; an
+# arm may still choose its own loss
+PINNED = ("client.loss=ce",)
+
+
 def arm_config(arm: Arm, runs_dir: Path) -> RunConfig:
-    return load_config(None, [*arm.overrides, f"name={arm.name}", f"output_dir={runs_dir}"])
+    return load_config(
+        None, [*PINNED, *arm.overrides, f"name={arm.name}", f"output_dir={runs_dir}"]
+    )
+
+
+def _unset_pins(path: Path) -> list[str]:
+    """The :data:`PINNED` overrides whose keys a saved config does not hold (it predates them)."""
+    table = tomllib.loads(path.read_text())
+    missing = []
+    for pin in PINNED:
+        *tables, key = pin.split("=", 1)[0].split(".")
+        node = table
+        for name in tables:
+            node = node.get(name, {})
+        if key not in node:
+            missing.append(pin)
+    return missing
 
 
 def _same_config(run_dir: Path, cfg: RunConfig) -> bool:
@@ -56,8 +78,8 @@ def _same_config(run_dir: Path, cfg: RunConfig) -> bool:
     if not path.is_file():
         return False
     try:
-        old = load_config(path)
-    except ConfigError:  # written by a fedfm whose keys no longer exist
+        old = load_config(path, _unset_pins(path))
+    except (ConfigError, tomllib.TOMLDecodeError):  # written by a fedfm whose keys are gone
         return False
     return replace(old, output_dir=cfg.output_dir) == cfg
 

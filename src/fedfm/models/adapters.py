@@ -8,6 +8,7 @@ the federated ``params``; everything else is the frozen backbone shared by all c
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from peft import IA3Config, LoraConfig, get_peft_model
@@ -29,8 +30,15 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 HEAD_NAMES = ("classifier", "score", "head")
 
 
-def default_target_modules(architecture: str, method: str = "lora") -> list[str]:
-    """peft's per-architecture targets (LoRA on bert: query/value; llama: q_proj/v_proj)."""
+def default_target_modules(
+    architecture: str, method: str = "lora", model: torch.nn.Module | None = None
+) -> list[str]:
+    """peft's per-architecture targets (LoRA on bert: query/value; llama: q_proj/v_proj).
+
+    Raises:
+        ConfigError: peft has no default for ``architecture``; names the Linear modules of
+            ``model`` (when given) that ``adapter.target_modules`` could list.
+    """
     mapping = (
         TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
         if method == "ia3"
@@ -38,26 +46,51 @@ def default_target_modules(architecture: str, method: str = "lora") -> list[str]
     )
     targets = mapping.get(architecture)
     if not targets:
+        found = linear_module_names(model) if model is not None else []
+        example = ", ".join(f'"{n}"' for n in (found[:2] or ["fc1"]))
+        listing = f"; its Linear modules are {found}" if found else ""
         raise ConfigError(
-            f"no default {method} target modules for architecture '{architecture}'; set "
-            f'adapter.target_modules, e.g. adapter.target_modules = ["fc1"]'
+            f"adapter.target_modules is empty and peft has no default {method} targets for "
+            f"architecture '{architecture}'{listing}: set adapter.target_modules = "
+            f"[{example}]"
         )
     return list(targets)
 
 
-def _peft_config(cfg: AdapterConfig, architecture: str) -> IA3Config | LoraConfig:
-    targets = list(cfg.target_modules) or default_target_modules(architecture, cfg.method)
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """The distinct last names of the model's Linear layers (GPT-2's Conv1D too), without
+    the task head: the names ``adapter.target_modules`` takes."""
+    names: list[str] = []
+    for qualified, module in model.named_modules():
+        leaf = qualified.rsplit(".", 1)[-1]
+        linear = isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+        if linear and leaf not in names and not set(qualified.split(".")) & set(HEAD_NAMES):
+            names.append(leaf)
+    return names
+
+
+def _peft_config(
+    cfg: AdapterConfig, architecture: str, model: torch.nn.Module
+) -> IA3Config | LoraConfig:
+    targets = list(cfg.target_modules) or default_target_modules(architecture, cfg.method, model)
+    # GPT-2's Conv1D stores its weight transposed; peft must be told (it warns, then does)
+    transposed = any(
+        type(m).__name__ == "Conv1D" and name.rsplit(".", 1)[-1] in targets
+        for name, m in model.named_modules()
+    )
     if cfg.method == "ia3":
         feedforward = TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(architecture, [])
         return IA3Config(
             target_modules=targets,
             feedforward_modules=[m for m in feedforward if m in targets],
+            fan_in_fan_out=transposed,
         )
     return LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
         lora_dropout=cfg.dropout,
         target_modules=targets,
+        fan_in_fan_out=transposed,
     )
 
 
@@ -80,6 +113,26 @@ def _set_head_trainable(model: torch.nn.Module, task: str) -> None:
         )
     for p in head[1].parameters():
         p.requires_grad_(True)
+    _float32_head(head[1])
+
+
+def _float32_head(head: torch.nn.Module) -> None:
+    """Train a head in float32 on a bfloat16/float16 backbone: its tensors are cast up, and
+    so are the hidden states that enter it, so the logits (and the loss) are float32.
+    A float32 backbone is left untouched."""
+    if all(p.dtype == torch.float32 for p in head.parameters()):
+        return
+    head.float()
+
+    def up(value: Any) -> Any:
+        return value.float() if torch.is_tensor(value) and value.is_floating_point() else value
+
+    def to_float32(
+        _: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return tuple(up(a) for a in args), {k: up(v) for k, v in kwargs.items()}
+
+    head.register_forward_pre_hook(to_float32, with_kwargs=True)
 
 
 def apply_adapter(
@@ -123,7 +176,7 @@ def apply_adapter(
             p.requires_grad_(True)
         _set_head_trainable(model, task)
         return model
-    peft_cfg = _peft_config(cfg, architecture)
+    peft_cfg = _peft_config(cfg, architecture, model)
     try:
         peft_model = get_peft_model(model, peft_cfg)
     except ValueError as err:  # peft: "Target modules {...} not found in the base model"

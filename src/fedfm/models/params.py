@@ -8,6 +8,7 @@ carries, so params are never loaded onto a different backbone by accident.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,11 +46,27 @@ def check_compatible(expected: Params, given: Params, *, what: str = "params") -
         )
     for name, ref in expected.items():
         got = given[name]
+        if _is_head(name) and got.shape[1:] == ref.shape[1:] and got.shape[:1] != ref.shape[:1]:
+            raise ParamsMismatchError(
+                f"{what}['{name}'] is a task head for {got.shape[0]} labels, but the model's "
+                f"head has {ref.shape[0]} labels: the params were trained on a dataset with "
+                f"{got.shape[0]} classes. Build the model with num_labels={got.shape[0]} (the "
+                "run's own data.dataset; its labels.json names them), or train a new adapter "
+                f"for the {ref.shape[0]} labels"
+            )
         if got.shape != ref.shape or got.dtype != ref.dtype:
             raise ParamsMismatchError(
                 f"{what}['{name}'] has shape {tuple(got.shape)} {got.dtype}; the model expects "
                 f"{tuple(ref.shape)} {ref.dtype}. Were they made with the same adapter rank?"
             )
+
+
+_HEAD_SEGMENTS = frozenset({"classifier", "score", "head"})  # adapters.HEAD_NAMES
+
+
+def _is_head(name: str) -> bool:
+    """A task head's tensor (its first dimension is the number of labels)."""
+    return bool(_HEAD_SEGMENTS & set(name.split(".")))
 
 
 @torch.no_grad()
@@ -90,23 +107,62 @@ def payload_bytes(params: Params) -> int:
     return _SIZE_BY_SIGNATURE[signature]
 
 
+@dataclass(frozen=True)
+class WeightsOrigin:
+    """Where a model's frozen weights were read from, so the backbone hash need not re-read
+    them: ``digest`` covers the files' bytes; ``names`` are the state-dict names (before any
+    adapter wrapping) whose values came from those files."""
+
+    digest: str
+    names: frozenset[str]
+
+
+ORIGIN_ATTR = "fedfm_weights_origin"  # the loaded model's WeightsOrigin, set by its loader
+
+
+def mark_weights_origin(model: torch.nn.Module, origin: WeightsOrigin) -> None:
+    """Remember on ``model`` where its weights came from (see :func:`backbone_hash`)."""
+    object.__setattr__(model, ORIGIN_ATTR, origin)
+
+
 def backbone_hash(model: torch.nn.Module) -> str:
     """SHA-256 over the frozen tensors' names, shapes, dtypes and bytes (first 16 hex chars).
 
     Trainable tensors are excluded, so the hash is the same before and after training and
     for every client; it changes if any frozen weight differs.
+
+    A model loaded from a folder carries a :class:`WeightsOrigin` (:func:`mark_weights_origin`;
+    peft wrappers pass the attribute through): its digest of the weight files enters the
+    hash, and a frozen tensor read from those files enters by name, shape and dtype only, so
+    a large folder is not re-hashed every run. Everything else (adapter tensors, buffers, a
+    random-init pooler) is hashed byte by byte as for every other model.
     """
     digest = hashlib.sha256()
+    origin = getattr(model, ORIGIN_ATTR, None)
+    names: frozenset[str] = frozenset()
+    if isinstance(origin, WeightsOrigin):
+        digest.update(f"weights|{origin.digest}|".encode())
+        names = origin.names
     tensors: dict[str, torch.Tensor] = dict(model.named_parameters())
     tensors.update(dict(model.named_buffers()))
     for name in sorted(tensors):
         t = tensors[name]
         if isinstance(t, torch.nn.Parameter) and t.requires_grad:
             continue
+        if names and _unwrapped(name) in names:
+            digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+            continue
         t = t.detach().contiguous().cpu()
         digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        flat = t.reshape(-1)  # a 0-dim tensor (a step counter) cannot be viewed as bytes
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()[:16]
+
+
+def _unwrapped(name: str) -> str:
+    """A peft-wrapped parameter's name in the model before wrapping."""
+    name = name.removeprefix("base_model.model.")
+    return name.replace(".base_layer.", ".")
 
 
 def full_model_bytes(model: torch.nn.Module) -> int:

@@ -50,21 +50,49 @@ def epsilon(
 def noise_for_epsilon(
     target_epsilon: float, sample_rate: float, steps: int, delta: float, kind: str = "rdp"
 ) -> float:
-    """The smallest noise multiplier whose epsilon after ``steps`` is at most the target."""
-    from opacus.accountants.utils import get_noise_multiplier  # noqa: PLC0415
+    """The smallest noise multiplier whose epsilon after ``steps`` is at most the target.
+
+    Raises:
+        ConfigError: no noise reaches the target (it is below the epsilon that even infinite
+            noise spends at ``delta`` under the RDP conversion, or needs a noise multiplier
+            above Opacus' search limit of 1e6).
+    """
+    floor = epsilon_floor(delta) if kind == "rdp" else 0.0
+    too_low = (
+        f"privacy.target_epsilon = {target_epsilon:g} is too small: at delta {delta:g} "
+        f"({kind} accountant, sample rate {sample_rate:.3g}, {steps} rounds) "
+    )
+    fix = (
+        "raise privacy.target_epsilon or privacy.delta, or set privacy.noise_multiplier "
+        "(and target_epsilon = 0) instead of deriving it"
+    )
+    if target_epsilon <= floor:  # fails in Opacus only after ~17 slow evaluations
+        raise ConfigError(f"{too_low}no amount of noise gets below epsilon {floor:.3g}: {fix}")
+    from opacus.accountants.utils import MAX_SIGMA, get_noise_multiplier  # noqa: PLC0415
 
     logging.getLogger("opacus").setLevel(logging.ERROR)
-    return float(
-        get_noise_multiplier(
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=kind,
-            epsilon_tolerance=0.005,
-            **_extra(kind),
+    try:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=kind,
+                epsilon_tolerance=0.005,
+                **_extra(kind),
+            )
         )
-    )
+    except ValueError as err:  # Opacus: "The privacy budget is too low."
+        raise ConfigError(
+            f"{too_low}it needs a noise multiplier above {MAX_SIGMA:g}: {fix}"
+        ) from err
+
+
+def epsilon_floor(delta: float) -> float:
+    """The least epsilon the RDP accountant reports at ``delta`` over :data:`ORDERS`, for any
+    noise: its RDP-to-DP conversion (Balle et al., 2020, as in Opacus) with zero RDP."""
+    return min(-(math.log(delta) + math.log(a)) / (a - 1) + math.log((a - 1) / a) for a in ORDERS)
 
 
 @dataclass(frozen=True)

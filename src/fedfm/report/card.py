@@ -1,31 +1,42 @@
 """The model card of a run: ``runs/<name>/README.md``.
 
 It says what the trained adapter is (base model, data, strategy, results, bytes sent), how to
-load it with fedfm, and the exact resolved config that produced it, so the folder can be shared
-on its own.
+load it in a few lines of plain Hugging Face code (peft + transformers, no fedfm) or with fedfm,
+and the exact resolved config that produced it, so the folder can be shared on its own.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fedfm.io import atomic_write_text
+from fedfm.models.export import ADAPTER_DIR, LABELS_FILE, MODEL_DIR, Export
 from fedfm.report.compare import MISSING, format_metric, format_seconds, markdown_table
 from fedfm.report.plots import format_mb
+from fedfm.runtime.finished import MERGED_FILE
 
 _FRONT_MATTER = "---\ntags:\n- fedfm\n- federated-learning\n- peft\n---\n\n"
 
 
-def write_model_card(run_dir: str | Path, *, summary: Mapping[str, Any], config_toml: str) -> Path:
+def write_model_card(
+    run_dir: str | Path,
+    *,
+    summary: Mapping[str, Any],
+    config_toml: str,
+    export: Export | None = None,
+) -> Path:
     """Write ``README.md`` (a short model card) into the run folder, atomically.
 
     Args:
         run_dir: The run folder; the card is written as ``run_dir / "README.md"``.
         summary: The run's summary (the content of ``summary.json``); missing keys show as "–".
         config_toml: The resolved config, as written to ``config.toml``.
+        export: What the run wrote in the Hugging Face formats; the card's load snippet
+            uses it (``None``: only fedfm's own ``adapter.safetensors``).
 
     Returns:
         The path of the card.
@@ -35,11 +46,13 @@ def write_model_card(run_dir: str | Path, *, summary: Mapping[str, Any], config_
         PosixPath('runs/demo/README.md')
     """
     run_dir = Path(run_dir)
-    card = model_card_markdown(run_dir, summary=summary, config_toml=config_toml)
+    card = model_card_markdown(run_dir, summary=summary, config_toml=config_toml, export=export)
     return atomic_write_text(run_dir / "README.md", card)
 
 
-def model_card_markdown(run_dir: Path, *, summary: Mapping[str, Any], config_toml: str) -> str:
+def model_card_markdown(
+    run_dir: Path, *, summary: Mapping[str, Any], config_toml: str, export: Export | None = None
+) -> str:
     """Return the model card's markdown (see :func:`write_model_card`)."""
     name = str(summary.get("name") or run_dir.name)
     sections = [
@@ -47,8 +60,8 @@ def model_card_markdown(run_dir: Path, *, summary: Mapping[str, Any], config_tom
         _intro(summary),
         _facts_table(summary),
         "## Final metrics\n\n" + _metrics_table(summary),
-        _load_section(run_dir, summary),
-        "## Files\n\n" + _files_list(curves=(run_dir / "curves.png").is_file()),
+        _load_section(run_dir, summary, export),
+        "## Files\n\n" + _files_list(run_dir, export, curves=(run_dir / "curves.png").is_file()),
         "## Resolved config\n\n" + _code_block(config_toml, "toml"),
     ]
     return _FRONT_MATTER + "\n\n".join(s.rstrip("\n") for s in sections) + "\n"
@@ -95,26 +108,109 @@ def _metrics_table(summary: Mapping[str, Any]) -> str:
     return markdown_table(rows, [("metric", "metric"), ("value", "value")])
 
 
-def _load_section(run_dir: Path, summary: Mapping[str, Any]) -> str:
-    """How to put the adapter back onto the base model with fedfm."""
-    code = (
-        "from fedfm.models.params import load_params_file\n\n"
-        f"model = ...  # build {_get(summary, 'model')} with the same adapter, as in the config\n"
-        f'load_params_file(model, "runs/{run_dir.name}/adapter.safetensors")\n'
-    )
+HF_LOAD_HEADING = "## Load it with Hugging Face"  # the first python block below it runs as is
+
+
+def _load_section(run_dir: Path, summary: Mapping[str, Any], export: Export | None) -> str:
+    """How to load the result: plain Hugging Face code when there is an export, and fedfm."""
+    run = run_dir.resolve()
+    fedfm_part = _fedfm_load(run, summary)
+    if export is None or export.folder is None:
+        why = f": {export.note}" if export is not None and export.note else ""
+        return f"## Load it\n\nThis run has no Hugging Face export{why}.\n\n" + fedfm_part
+    if export.kind == "peft":
+        code = _peft_snippet(export)
+        what = (
+            f"`{ADAPTER_DIR}/` is a peft adapter folder (adapter, task head, tokenizer) for the "
+            f"base model at `{export.base}`. With `peft` and `transformers` only:"
+        )
+    else:
+        code = _model_snippet(export)
+        what = (
+            f"`{MODEL_DIR}/` is a standalone Hugging Face model folder (all weights, tokenizer, "
+            "label names). With `transformers` only:"
+        )
+    pipe = "text-generation" if export.task == "causal_lm" else "text-classification"
+    parts = [
+        f"{HF_LOAD_HEADING}\n\n{what}\n\n" + _code_block(code, "python"),
+        f"`fedfm export {run} --merged DIR` writes one merged, standalone folder that "
+        f'`transformers.pipeline("{pipe}", model=DIR)` loads; `fedfm eval {run}` scores the '
+        "run again (`--data FILE` on new data).",
+    ]
+    if export.note:
+        parts.append(export.note[0].upper() + export.note[1:] + ".")
+    return "\n\n".join(parts) + "\n\n" + fedfm_part
+
+
+def _peft_snippet(export: Export) -> str:
+    causal = export.task == "causal_lm"
+    auto = "AutoModelForCausalLM" if causal else "AutoModelForSequenceClassification"
+    labels = "" if causal else f"id2label={dict(enumerate(export.label_names))!r}, "
+    folder = _literal(export.folder)
     return (
-        "## Load it\n\n"
+        "from peft import PeftModel\n"
+        f"from transformers import {auto}, AutoTokenizer\n\n"
+        f"tokenizer = AutoTokenizer.from_pretrained({folder})\n"
+        f"base = {auto}.from_pretrained({_literal(export.base)}, {labels}"
+        f"pad_token_id=tokenizer.pad_token_id, dtype={_literal(export.dtype)})\n"
+        f"model = PeftModel.from_pretrained(base, {folder})\n"
+    )
+
+
+def _model_snippet(export: Export) -> str:
+    causal = export.task == "causal_lm"
+    auto = "AutoModelForCausalLM" if causal else "AutoModelForSequenceClassification"
+    folder = _literal(export.folder)
+    return (
+        f"from transformers import {auto}, AutoTokenizer\n\n"
+        f"tokenizer = AutoTokenizer.from_pretrained({folder})\n"
+        f"model = {auto}.from_pretrained({folder}, dtype={_literal(export.dtype)})\n"
+    )
+
+
+def _literal(value: object) -> str:
+    """A Python string literal of ``value`` (a path with quotes or backslashes stays valid)."""
+    return json.dumps(str(value))
+
+
+def _fedfm_load(run: Path, summary: Mapping[str, Any]) -> str:
+    """fedfm's own way: rebuild the job from the config and load ``adapter.safetensors``."""
+    code = (
+        "from fedfm.config import load_config\n"
+        "from fedfm.models.params import load_params_file\n"
+        "from fedfm.runtime.job import build_job\n\n"
+        f"job = build_job(load_config({_literal(run / 'config.toml')}))\n"
+        f"load_params_file(job.model, {_literal(run / 'adapter.safetensors')}, "
+        "backbone=job.backbone)\n"
+    )
+    merged = ""
+    if (run / MERGED_FILE).is_file():
+        merged = (
+            f" This FLoRA run also merged its rounds into the frozen weights: add "
+            f"`{MERGED_FILE}` (already scaled) to them after loading, as `fedfm eval` does."
+        )
+    return (
+        "### With fedfm\n\n"
         "`adapter.safetensors` holds only the trainable tensors. Build the same base model and "
-        "adapter as the config below describes (same backbone, hash "
+        "adapter from the config below (same backbone, hash "
         f"`{_get(summary, 'backbone_hash')}`), then load the trained values into it "
-        "(a model on a different backbone is refused with `BackboneMismatchError`):\n\n"
+        "(a model on a different backbone is refused with `BackboneMismatchError`; a "
+        f"personalised run has one file per client in `clients/` instead):{merged}\n\n"
         + _code_block(code, "python")
     )
 
 
-def _files_list(*, curves: bool) -> str:
-    files = (
-        "- `adapter.safetensors`: the trained adapter and task head\n"
+def _files_list(run_dir: Path, export: Export | None, *, curves: bool) -> str:
+    files = "- `adapter.safetensors`: the trained adapter and task head (fedfm's format)\n"
+    if export is not None and export.kind == "peft":
+        files += f"- `{ADAPTER_DIR}/`: the same as a peft adapter folder, with the tokenizer\n"
+    if export is not None and export.kind == "model":
+        files += f"- `{MODEL_DIR}/`: the trained model as a Hugging Face folder\n"
+    if (run_dir / MERGED_FILE).is_file():
+        files += f"- `{MERGED_FILE}`: FLoRA's rounds merged into the frozen weights (scaled)\n"
+    if (run_dir / LABELS_FILE).is_file():
+        files += f"- `{LABELS_FILE}`: the class names in id order\n"
+    files += (
         "- `config.toml`: the resolved config (also below)\n"
         "- `metrics.jsonl`: one record per round\n"
         "- `summary.json`: final numbers\n"

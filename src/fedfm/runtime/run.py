@@ -1,15 +1,16 @@
 """A run: one execution of a config, written to ``runs/<name>/`` as it goes.
 
 The folder holds the resolved ``config.toml``, ``metrics.jsonl`` (a record per round, written
-as each round ends), ``checkpoint.pt`` (atomic, every ``checkpoint.every`` rounds),
+as each round ends), ``checkpoint.safetensors`` (atomic, every ``checkpoint.every`` rounds),
 and at the end ``summary.json``, ``curves.png``, ``adapter.safetensors`` (a personalised run:
-``clients/ID.safetensors``, one per client) and a model card.
+``clients/ID.safetensors``, one per client), the same result in the Hugging Face formats
+(``adapter/``, a peft folder, or ``model/``; ``labels.json``: see ``fedfm.models.export``)
+and a model card.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -19,22 +20,31 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedfm.config import RunConfig, load_config, to_toml
+from fedfm.config import RunConfig, to_toml
 from fedfm.errors import FedFMError
-from fedfm.io import atomic_write_json, atomic_write_text
-from fedfm.models.params import num_params, save_params_file
+from fedfm.io import atomic_write_json
+from fedfm.models.export import Export, export_run
+from fedfm.models.params import Params, num_params, save_params_file, set_params
 from fedfm.report.card import write_model_card
 from fedfm.report.metrics import MetricsLog, read_records
 from fedfm.report.plots import plot_curves
+from fedfm.runtime import finished
 from fedfm.runtime.checkpoint import (
-    CHECKPOINT_FILE,
     Checkpoint,
+    check_config,
     load_checkpoint,
     restore_rng,
     rng_state,
     save_checkpoint,
 )
 from fedfm.runtime.job import Job, build_job
+from fedfm.runtime.run_folder import (  # noqa: F401 (prepare_run_dir, resume_config: public here)
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    prepare_run_dir,
+    resume_config,
+)
 from fedfm.runtime.simulation import (
     RoundRunner,
     RoundState,
@@ -43,8 +53,6 @@ from fedfm.runtime.simulation import (
     with_personal,
 )
 
-CONFIG_FILE = "config.toml"
-METRICS_FILE = "metrics.jsonl"
 LEDGER_FILE = "privacy_ledger.jsonl"  # epsilon spent after every round (client-level DP)
 
 
@@ -84,33 +92,25 @@ def round_line(record: dict[str, Any], rounds: int) -> str:
     parts.append(f"{record['seconds']:.1f} s")
     if record.get("excluded"):
         parts.append(f"[excluded {len(record['excluded'])}]")
+    if record.get("test_predicted_classes") == 1:  # accuracy alone hides this
+        parts.append("[warning: the global model predicts a single class]")
     return "  ".join(parts)
 
 
-def prepare_run_dir(cfg: RunConfig, *, overwrite: bool) -> Path:
-    run_dir = Path(cfg.output_dir) / cfg.run_name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise FedFMError(
-                f"run folder {run_dir} already exists. Continue it with "
-                f"`fedfm run --resume {run_dir}`, replace it with --overwrite, or pick another "
-                "name with --set name=..."
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, to_toml(cfg))
-    return run_dir
-
-
-def resume_config(run_dir: Path, overrides: list[str]) -> RunConfig:
-    """The run's saved config with ``overrides`` applied (e.g. ``rounds=10`` to go further)."""
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise FedFMError(f"{run_dir} has no {CONFIG_FILE}: is it a fedfm run folder?")
-    return load_config(run_dir / CONFIG_FILE, overrides)
-
-
-def _restore(job: Job, run_dir: Path, log: MetricsLog) -> RoundState:
+def _load_for_resume(cfg: RunConfig, run_dir: Path) -> Checkpoint:
+    """The run's checkpoint, checked before any model loads; ``rounds`` may not go back."""
     ckpt = load_checkpoint(run_dir)
+    if cfg.rounds < ckpt.round:
+        raise FedFMError(
+            f"rounds = {cfg.rounds} is below the {ckpt.round} rounds {run_dir} has done: a "
+            f"resume goes on from round {ckpt.round}, it cannot go back. Resume with --set "
+            f"rounds={ckpt.round} or more (its summary.json and model card are left as they are)"
+        )
+    return ckpt
+
+
+def _restore(job: Job, ckpt: Checkpoint, run_dir: Path, log: MetricsLog) -> RoundState:
+    check_config(ckpt, job.cfg, run_dir / CHECKPOINT_FILE)  # as saved: a file's labels filled in
     if ckpt.backbone != job.backbone:
         raise FedFMError(
             f"checkpoint in {run_dir} was made on backbone {ckpt.backbone}, but this config loads "
@@ -152,6 +152,7 @@ def _checkpoint(job: Job, run_dir: Path, state: RoundState) -> None:
             privacy_state=job.dp.state_dict() if job.dp is not None else {},
             dpsgd_steps=state.dpsgd_steps,
         ),
+        cfg=job.cfg,
     )
 
 
@@ -230,7 +231,7 @@ def ledger_entry(job: Job, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-MERGED_FILE = "merged.safetensors"  # dense additions to frozen weights (flora, reproject off)
+MERGED_FILE = finished.MERGED_FILE  # dense additions to frozen weights (flora, reproject off)
 
 
 def _finish(
@@ -268,8 +269,27 @@ def _finish(
             backbone=job.backbone,
             **meta,
         )
-    write_model_card(run_dir, summary=summary, config_toml=to_toml(job.cfg))
+    export = _export(job, state.global_params, run_dir)
+    write_model_card(run_dir, summary=summary, config_toml=to_toml(job.cfg), export=export)
     return summary
+
+
+def _export(job: Job, params: Params, run_dir: Path) -> Export:
+    """The run's result in the Hugging Face formats (``adapter/`` or ``model/``, labels)."""
+    if not job.strategy.personalized:
+        set_params(job.model, params)  # the final global params, whatever ran last
+    return export_run(
+        run_dir,
+        model=job.model,
+        tokenizer=job.tokenizer,
+        method=job.cfg.adapter.method,
+        task=job.dataset.task,
+        label_names=job.dataset.label_names,
+        pretrained=job.cfg.model.pretrained,
+        personalized=job.strategy.personalized,
+        backbone_delta=job.strategy.backbone_delta(),
+        lora_scale=job.lora_scale,
+    )
 
 
 def execute(
@@ -294,6 +314,7 @@ def execute(
     """
     console = console or Console()
     started = time.perf_counter()
+    ckpt = _load_for_resume(cfg, run_dir) if resume else None  # a bad one fails before loading
     console.print(f"[bold]fedfm[/] run [cyan]{cfg.run_name}[/] → {run_dir}", soft_wrap=True)
     synthetic = None
     if cfg.synthetic.mode != "none":  # outside the status line: generation shows a progress bar
@@ -310,8 +331,8 @@ def execute(
         )
     log = MetricsLog(run_dir / METRICS_FILE)
     ledger = MetricsLog(run_dir / LEDGER_FILE) if job.dp is not None else None
-    if resume:
-        state = _restore(job, run_dir, log)
+    if ckpt is not None:
+        state = _restore(job, ckpt, run_dir, log)
         console.print(f"resumed after round {state.round}")
     else:
         state = RoundState(round=0, global_params=job.initial_params)

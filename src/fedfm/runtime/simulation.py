@@ -41,6 +41,7 @@ from fedfm.runtime.profiles import frozen_below, steps_within_deadline
 from fedfm.strategies.aggregate import mean_pairwise_cosine, mismatches, non_finite, subtract
 from fedfm.strategies.base import Update
 from fedfm.strategies.reducer import Reducer
+from fedfm.tasks import BalancedLoss, Task
 
 
 def client_seed(seed: int, round_: int, client_id: int, stream: int = 0) -> int:
@@ -94,6 +95,15 @@ def with_personal(params: Params, personal: Params) -> Params:
 PIPELINE_STREAM = 2**20  # client_seed stream of the pipeline's randomness (stochastic rounding)
 
 
+def local_task(job: Job, indices: np.ndarray) -> Task:
+    """The task a client trains on: the job's, or with ``client.loss = "balanced"`` its loss
+    balanced for the labels at ``indices`` (:class:`~fedfm.tasks.BalancedLoss`)."""
+    if job.cfg.client.loss != "balanced" or job.train.labels is None:
+        return job.task
+    counts = np.bincount(job.train.labels[indices], minlength=job.task.num_labels)
+    return BalancedLoss(job.task, counts)
+
+
 def fit_client(
     job: Job,
     client: ClientData,
@@ -142,7 +152,9 @@ def fit_client(
         )
 
     client_cfg = replace(cfg.client, steps=steps) if steps else cfg.client
-    result = train_locally(job.model, job.task, make_batches, client_cfg, hooks, cfg.dpsgd)
+    result = train_locally(
+        job.model, local_task(job, indices), make_batches, client_cfg, hooks, cfg.dpsgd
+    )
     extras, new_state = job.strategy.client_finish(
         global_params, result.params, payload, client_state, steps=result.steps, lr=cfg.client.lr
     )

@@ -21,9 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedfm.config import RunConfig, SyntheticConfig
 from fedfm.data.labels import label_id
+from fedfm.data.load import load_data
 from fedfm.errors import ConfigError, FedFMError
 from fedfm.io import atomic_write_bytes
-from fedfm.resources.datasets import load_dataset
 from fedfm.resources.models import SMOLLM2_GGUF, cache_root, load_model
 from fedfm.resources.types import CLASSIFICATION, Dataset
 from fedfm.synthetic.contamination import nearest_similarity, shares_ngram
@@ -263,7 +263,7 @@ def synthesize(
     """
     console = console or Console()
     scfg = cfg.synthetic
-    full = load_dataset(cfg.data.dataset)
+    full = load_data(cfg.data)
     _check_dataset(full)
     if scfg.path:
         return read_set(scfg.path, label_names=full.label_names)

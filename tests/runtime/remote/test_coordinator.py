@@ -10,7 +10,7 @@ from fedfm.models.params import payload_bytes
 from fedfm.runtime.job import build_job
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote.codec import chunks, encode_params
-from fedfm.runtime.remote.server import Coordinator, wire_template
+from fedfm.runtime.remote.coordinator import Coordinator, wire_template
 
 
 def _coordinator(tmp_path, *extra: str) -> Coordinator:

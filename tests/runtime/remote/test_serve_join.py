@@ -8,16 +8,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
+import grpc
 import pytest
 import torch
+from remote_fuzz import Fuzzer, Target
 from rich.console import Console
 from safetensors.torch import load_file
 
 from fedfm.config import load_config
+from fedfm.runtime.job import build_job
+from fedfm.runtime.remote import fedfm_pb2 as pb
+from fedfm.runtime.remote import fedfm_pb2_grpc as pb_grpc
+from fedfm.runtime.remote.coordinator import EVENTS_FILE
 from fedfm.runtime.remote.security import add_client, make_tls
-from fedfm.runtime.remote.server import EVENTS_FILE, remote_backend
+from fedfm.runtime.remote.server import remote_backend
 from fedfm.runtime.run import execute, prepare_run_dir
 
 CLIENTS = ["c0", "c1", "c2"]
@@ -92,6 +99,24 @@ def _serve(cfg, run_dir, **kwargs) -> tuple[threading.Thread, dict]:
     return thread, out
 
 
+def _fuzz(cfg, run_dir: Path, port: int, tls: Path, *, n: int, seed: int = 0) -> Counter:
+    """``n`` bad calls (:mod:`remote_fuzz`) at the serving run, some with c0's real session."""
+    deadline = time.monotonic() + 60
+    while not any(e["event"] == "round" for e in _events(run_dir)):
+        assert time.monotonic() < deadline, _events(run_dir)
+        time.sleep(0.05)
+    job = build_job(cfg, warmup=False)
+    token = json.loads((tls.parent / "c0.json").read_text())["token"]
+    creds = grpc.ssl_channel_credentials((tls / "ca.pem").read_bytes())
+    with grpc.secure_channel(f"localhost:{port}", creds) as channel:
+        stub = pb_grpc.FederationStub(channel)
+        reply = stub.Join(pb.JoinRequest(client_id="c0", token=token, backbone=job.backbone))
+        assert reply.accepted, reply.reason
+        fuzzer = Fuzzer(Target(channel, "c0", token, job.initial_params, round=1), seed=seed)
+        fuzzer.session = reply.session
+        return fuzzer.run(n)
+
+
 def _events(run_dir: Path) -> list[dict]:
     path = run_dir / EVENTS_FILE
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
@@ -114,6 +139,8 @@ def test_remote_clients_reproduce_the_simulation_and_strangers_are_refused(tmp_p
     cfg = load_config(None, _overrides(tmp_path, port, "name=remote", *COMPRESSED))
     run_dir = prepare_run_dir(cfg, overwrite=False)
     thread, out = _serve(cfg, run_dir)
+    counts = _fuzz(cfg, run_dir, port, tls, n=200)  # before the real clients come
+    assert counts["refused"] == counts["attempts"] == 200, counts
     procs = [_client(tmp_path, port, cid) for cid in CLIENTS]
     (tmp_path / "forged.json").write_text(json.dumps({"client_id": "c1", "token": "forged"}))
     forged = _client(tmp_path, port, "forged")
@@ -124,7 +151,8 @@ def test_remote_clients_reproduce_the_simulation_and_strangers_are_refused(tmp_p
     assert all(p.returncode == 0 for p in procs), logs
     assert forged.wait(timeout=60) == 2 and outsider.wait(timeout=60) == 2
     refused = {e["reason"] for e in _events(run_dir) if e["event"] == "refused"}
-    assert refused == {"invalid credentials for 'c1'", "unknown client 'mallory'"}
+    assert {"invalid credentials for 'c1'", "unknown client 'mallory'"} <= refused
+    assert not [e for e in _events(run_dir) if e["event"] == "error"]
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["participants"] for r in records] == [CLIENTS] * 3
     sent = [e["bytes"] for e in _events(run_dir) if e["event"] == "update"]

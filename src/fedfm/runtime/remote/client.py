@@ -9,13 +9,14 @@ update back (with an update pipeline, its wire form). It keeps its own strategy 
 backoff.
 
 Its data is a partition of the config's registry dataset (by default the one at its
-position in ``remote.clients``), or the user's own CSV or JSONL file of ``text`` and
-``label`` (a label name or id).
+position in ``remote.clients``), or the user's own file (``--data``: any form
+``data.dataset`` takes), read with the server's column keys and mapped onto
+its label names (:mod:`fedfm.data.own`): a file whose columns or labels do not match is
+refused before any model loads.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import time
@@ -32,8 +33,8 @@ from rich.console import Console
 from fedfm.config import RunConfig, config_from_dict
 from fedfm.data.batching import encode
 from fedfm.data.federation import ClientData, Federation
-from fedfm.data.labels import label_id
-from fedfm.errors import ConfigError, FedFMError
+from fedfm.data.own import own_job_config, read_own_data
+from fedfm.errors import ConfigError, FedFMError, PartitionError
 from fedfm.resources.types import Split
 from fedfm.runtime.job import Job, build_job
 from fedfm.runtime.remote import fedfm_pb2 as pb
@@ -46,10 +47,17 @@ from fedfm.runtime.remote.codec import (
     encode_groups,
     split_groups,
 )
+from fedfm.runtime.remote.intake import printable
 from fedfm.runtime.simulation import fit_client
 
 T = TypeVar("T")
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# unreachable, slow, or busy (the server refuses streams past its limits): try again later
+RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
+TASK_KINDS = ("task", "wait", "done", "refused")
 
 
 @dataclass(frozen=True)
@@ -72,36 +80,25 @@ class Connection:
         return grpc.secure_channel(self.address, creds, options=options)
 
 
-def read_own_data(path: str | Path, label_names: tuple[str, ...]) -> Split:
-    """The user's CSV (header ``text,label``) or JSONL (``{"text", "label"}``) file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--data {path} does not exist")
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-    texts, labels = [], []
-    for n, row in enumerate(rows, start=1):
-        label = label_id(row.get("label"), label_names)
-        if label is None or not row.get("text"):
-            raise ConfigError(
-                f"--data {path} row {n}: label {row.get('label')!r} is not one of "
-                f"{list(label_names)} (or their ids), or the text is empty"
-            )
-        texts.append(str(row["text"]))
-        labels.append(label)
-    if not texts:
-        raise ConfigError(f"--data {path} holds no rows")
-    return Split(texts, np.asarray(labels, dtype=np.int64))
-
-
 def with_own_data(job: Job, split: Split, index: int, name: str) -> tuple[Job, ClientData]:
     """``job`` whose training pool is the client's own examples, and the client over them."""
     train = encode(split, job.tokenizer, max_length=job.cfg.data.max_length)
     client = ClientData(index, name, np.arange(len(split)), np.arange(0))
     return replace(job, train=train, federation=Federation((client,))), client
+
+
+def _client_job(cfg: RunConfig, data: str | None) -> Job:
+    """The job as the server's config builds it; the client's own file stands in for a
+    server's dataset file, which is not on this machine."""
+    if not data:
+        return build_job(cfg, warmup=False)  # the server warms up; a client gets its params
+    try:
+        return build_job(own_job_config(cfg, data), warmup=False)
+    except PartitionError as err:
+        raise ConfigError(
+            f"--data {data} is too small to stand in for the server's dataset here ({err}); "
+            f"a client needs at least data.num_clients = {cfg.data.num_clients} rows"
+        ) from None
 
 
 def _retry(call: Callable[[], T], *, what: str, console: Console, tries: int) -> T:
@@ -112,9 +109,16 @@ def _retry(call: Callable[[], T], *, what: str, console: Console, tries: int) ->
         try:
             return call()
         except grpc.RpcError as err:
+            details = str(err.details())
+            if "handshake" in details.lower():  # retrying cannot mend a certificate
+                raise FedFMError(
+                    f"{what}: the TLS handshake failed ({details[-160:]}): pass the server's "
+                    "ca.pem as --ca (and --cert/--key if it asks for mutual TLS)"
+                ) from None
             if err.code() not in RETRYABLE or attempt == tries:
-                raise FedFMError(f"{what}: {err.code().name} ({err.details()})") from None
-            console.print(f"{what}: server unreachable, retrying in {delay:.1f} s")
+                raise FedFMError(f"{what}: {err.code().name} ({details})") from None
+            why = "busy" if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "unreachable"
+            console.print(f"{what}: server {why}, retrying in {delay:.1f} s")
             time.sleep(delay)
             delay = min(2 * delay, 8.0)
     raise AssertionError("unreachable")
@@ -153,10 +157,14 @@ def join(
     poll: float = 0.2,
     tries: int = 20,
     state_dir: Path | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Join the server's job and train until it is done; return what this client did.
 
     Args:
+        model: this machine's copy of the server's model folder, when it lies at another
+            path than the config's ``model.name`` (its files must be the same: the backbone
+            hash the server checks is computed from them, not from the path).
         state_dir: where this client keeps its own states between rounds (one folder per
             server run, see :mod:`~fedfm.runtime.remote.client_state`); None: in memory only.
     """
@@ -165,11 +173,12 @@ def join(
     if conn.client_id not in cfg.remote.clients:
         raise FedFMError(f"client {conn.client_id!r} is not in the server's remote.clients")
     index = cfg.remote.clients.index(conn.client_id)
-    job = build_job(cfg, warmup=False)  # the server warms up; a client gets its params
-    if data:
-        job, client = with_own_data(
-            job, read_own_data(data, job.dataset.label_names), index, conn.client_id
-        )
+    if model:
+        cfg = replace(cfg, model=replace(cfg.model, name=model))
+    own = read_own_data(data, cfg) if data else None  # checked before any model loads
+    job = _client_job(cfg, data)
+    if own is not None:
+        job, client = with_own_data(job, own, index, conn.client_id)
     else:
         client = job.federation[index if partition is None else partition]
         client = replace(client, id=index, name=conn.client_id)
@@ -207,6 +216,11 @@ def join(
                 console=console,
                 tries=tries,
             )
+            if header.kind not in TASK_KINDS or (header.kind == "task" and header.round < 1):
+                raise FedFMError(
+                    f"the server sent a '{printable(header.kind, limit=20)}' message for round "
+                    f"{header.round}: not a fedfm task (is the server a fedfm server?)"
+                )
             if header.kind == "done":
                 break
             if header.kind == "refused":  # a restarted server forgot the session: join again

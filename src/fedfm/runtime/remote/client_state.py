@@ -26,6 +26,7 @@ from fedfm.errors import FedFMError
 from fedfm.io import atomic_write_bytes
 from fedfm.models.params import Params
 from fedfm.runtime.remote.codec import encode_groups, split_groups
+from fedfm.runtime.remote.security import CLIENT_ID
 from fedfm.runtime.simulation import RoundState
 
 GROUPS = ("state", "personal", "pipeline")
@@ -36,10 +37,13 @@ def state_folder(state_dir: Path | None, client_id: str, run: str) -> Path | Non
     """``state_dir/client_id/run``, or None (memory only) without a folder or a run id.
 
     Raises:
-        FedFMError: a run id that is not hex digits: it names a folder on this machine.
+        FedFMError: a run id that is not hex digits, or a client id with other characters
+            than a credentials file allows: each names a folder on this machine.
     """
     if state_dir is None or not run:
         return None
+    if not CLIENT_ID.fullmatch(client_id):
+        raise FedFMError(f"client id {client_id[:80]!r} cannot name a folder under --state-dir")
     if not RUN_ID.fullmatch(run):
         raise FedFMError(
             f"the server sent run id {run!r}; a run id is hex digits and names a folder "

@@ -28,6 +28,19 @@ from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.strategies.aggregate import mismatches, non_finite
 
 CHUNK_BYTES = 1 << 20  # 1 MiB per message: far below gRPC's 4 MB default
+# what params and update pipelines put on the wire (values, codes, positions, masks)
+WIRE_DTYPES = (
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+)
 
 
 class CodecError(FedFMError, ValueError):
@@ -83,15 +96,14 @@ def chunks(
         yield pb.Chunk(data=data[start : start + chunk_size])
 
 
-def assemble(stream: Iterable[pb.Chunk], *, max_bytes: int) -> tuple[pb.Header, bytes]:
-    """The header and the data of a chunked stream, checked against the header.
+def read_header(stream: Iterator[pb.Chunk], *, max_bytes: int) -> pb.Header:
+    """The first chunk of a stream, which must be its header, read alone: the server checks
+    who is sending before it reads (and buffers) a byte of the body.
 
     Raises:
-        CodecError: no header first, a second header, more than ``max_bytes``, fewer or more
-            bytes than announced, or a SHA-256 that does not match.
+        CodecError: no header first, or a header that announces more than ``max_bytes``.
     """
-    it = iter(stream)
-    first = next(it, None)
+    first = next(stream, None)
     if first is None or first.WhichOneof("kind") != "header":
         raise CodecError("a stream must start with a header chunk")
     header = first.header
@@ -99,20 +111,42 @@ def assemble(stream: Iterable[pb.Chunk], *, max_bytes: int) -> tuple[pb.Header, 
         raise CodecError(
             f"the header announces {header.total_bytes:,} bytes, over the limit of {max_bytes:,}"
         )
+    return header
+
+
+def read_body(stream: Iterator[pb.Chunk], header: pb.Header) -> bytes:
+    """The data chunks that follow ``header``, checked against it.
+
+    Raises:
+        CodecError: a second header, fewer or more bytes than announced, or a SHA-256 that
+            does not match.
+    """
     parts, size = [], 0
-    for chunk in it:
+    for chunk in stream:
         if chunk.WhichOneof("kind") != "data":
             raise CodecError("a second header in one stream")
         size += len(chunk.data)
         if size > header.total_bytes:
             raise CodecError(f"more data than the {header.total_bytes:,} bytes announced")
         parts.append(chunk.data)
-    data = b"".join(parts)
     if size != header.total_bytes:
         raise CodecError(f"truncated: {size:,} of {header.total_bytes:,} bytes arrived")
+    data = b"".join(parts)
     if hashlib.sha256(data).hexdigest() != header.sha256:
         raise CodecError("the data's SHA-256 does not match the header's")
-    return header, data
+    return data
+
+
+def assemble(stream: Iterable[pb.Chunk], *, max_bytes: int) -> tuple[pb.Header, bytes]:
+    """The header and the data of a chunked stream (:func:`read_header`, :func:`read_body`).
+
+    Raises:
+        CodecError: no header first, a second header, more than ``max_bytes``, fewer or more
+            bytes than announced, or a SHA-256 that does not match.
+    """
+    it = iter(stream)
+    header = read_header(it, max_bytes=max_bytes)
+    return header, read_body(it, header)
 
 
 def decode_params(
@@ -134,6 +168,9 @@ def decode_params(
         params = dict(st_load(data))
     except Exception as err:  # safetensors raises several types on bad input
         raise CodecError(f"not a safetensors payload ({type(err).__name__}: {err})") from None
+    odd = sorted({str(v.dtype) for v in params.values()} - {str(d) for d in WIRE_DTYPES})
+    if odd:  # float8, uint16/32/64, complex: nothing fedfm sends, and ops fail on some
+        raise CodecError(f"tensors of dtype {', '.join(odd)}: fedfm sends none of these")
     if like is not None:
         problems = mismatches(params, dict(like))
         if problems:

@@ -79,12 +79,18 @@ def read_credentials(path: str | Path) -> tuple[str, str]:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-        return str(data["client_id"]), str(data["token"])
-    except (OSError, ValueError, KeyError) as err:
+        client_id, token = str(data["client_id"]), str(data["token"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(
             f"--credentials {path}: not a credentials file written by `fedfm admin add-client` "
             f"({type(err).__name__})"
         ) from None
+    if not CLIENT_ID.fullmatch(client_id):  # it names this client's state folder
+        raise ConfigError(
+            f"--credentials {path}: client id {client_id[:80]!r} must be 1-64 letters, digits, "
+            "'.', '_' or '-'"
+        )
+    return client_id, token
 
 
 # ----------------------------------------------------------------------- TLS

@@ -1,0 +1,67 @@
+"""Classification metrics that show a collapse, and the balanced loss against label skew."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from fedfm.runtime.run import round_line
+from fedfm.tasks import BalancedLoss, Classification
+
+
+class _Fixed(torch.nn.Module):
+    """A 'model' whose logits are a trainable table indexed by the batch's ``x``."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(logits.clone())
+
+    def forward(self, x: torch.Tensor) -> SequenceClassifierOutput:
+        return SequenceClassifierOutput(logits=self.table[x])
+
+
+def test_a_model_that_predicts_one_class_shows_it_in_recall_and_predicted_classes():
+    logits = torch.tensor([[5.0, 0.0, 0.0]]).repeat(6, 1)  # always class 0
+    batch = {"x": torch.arange(6), "labels": torch.tensor([0, 0, 0, 0, 1, 2])}
+    result = Classification(3).evaluate(_Fixed(logits), [batch])
+    assert result["accuracy"] == 4 / 6
+    assert result["class_recall"] == [1.0, 0.0, 0.0] and result["predicted_classes"] == 1
+    line = round_line(
+        {
+            "round": 3,
+            "test_accuracy": 0.6,
+            "test_predicted_classes": 1,
+            "bytes_down": 0,
+            "bytes_up": 0,
+            "cum_bytes": 0,
+            "full_model_cum_bytes": 0,
+            "seconds": 1.0,
+        },
+        8,
+    )
+    assert line.endswith("[warning: the global model predicts a single class]")
+
+
+def test_the_balanced_loss_is_cross_entropy_of_logits_plus_the_log_prior():
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    batch = {"x": torch.arange(4), "labels": torch.tensor([0, 0, 0, 2])}
+    counts = np.array([30, 0, 10])
+    model = _Fixed(logits)
+    loss = BalancedLoss(Classification(3), counts).loss(model, batch)
+    prior = torch.tensor([0.75, 1e-12, 0.25])
+    assert torch.allclose(loss, F.cross_entropy(logits + prior.log(), batch["labels"]))
+    loss.backward()
+    # a class the client does not hold gets (next to) no gradient: no push away from it
+    assert model.table.grad[:, 1].abs().max() < 1e-9
+    model.table.grad = None
+    F.cross_entropy(model.table, batch["labels"]).backward()
+    assert model.table.grad[:, 1].abs().max() > 1e-3  # plain cross-entropy does push
+
+
+def test_the_balanced_task_evaluates_like_the_plain_one():
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+    batch = {"x": torch.arange(5), "labels": torch.tensor([0, 1, 2, 1, 0])}
+    plain = Classification(3)
+    balanced = BalancedLoss(plain, np.array([1, 1, 8]))
+    assert balanced.evaluate(_Fixed(logits), [batch]) == plain.evaluate(_Fixed(logits), [batch])
+    assert (balanced.name, balanced.main_metric) == (plain.name, plain.main_metric)
