@@ -3,9 +3,10 @@
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from fedfm.runtime.run import round_line
+from fedfm.runtime.run import print_round
 from fedfm.tasks import BalancedLoss, Classification
 
 
@@ -26,20 +27,24 @@ def test_a_model_that_predicts_one_class_shows_it_in_recall_and_predicted_classe
     result = Classification(3).evaluate(_Fixed(logits), [batch])
     assert result["accuracy"] == 4 / 6
     assert result["class_recall"] == [1.0, 0.0, 0.0] and result["predicted_classes"] == 1
-    line = round_line(
-        {
-            "round": 3,
-            "test_accuracy": 0.6,
-            "test_predicted_classes": 1,
-            "bytes_down": 0,
-            "bytes_up": 0,
-            "cum_bytes": 0,
-            "full_model_cum_bytes": 0,
-            "seconds": 1.0,
-        },
-        8,
+    record = {
+        "round": 3,
+        "test_accuracy": 0.6,
+        "test_predicted_classes": 1,
+        "bytes_down": 0,
+        "bytes_up": 0,
+        "cum_bytes": 0,
+        "full_model_cum_bytes": 0,
+        "seconds": 1.0,
+        "excluded": [{"client": 4, "reason": "late"}],
+    }
+    console = Console(record=True, width=400)
+    print_round(console, record, 8)
+    assert (
+        console.export_text()
+        .rstrip()
+        .endswith("[excluded 1]  [warning: the global model predicts a single class]")
     )
-    assert line.endswith("[warning: the global model predicts a single class]")
 
 
 def test_the_balanced_loss_is_cross_entropy_of_logits_plus_the_log_prior():

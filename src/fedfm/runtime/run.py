@@ -97,6 +97,12 @@ def round_line(record: dict[str, Any], rounds: int) -> str:
     return "  ".join(parts)
 
 
+def print_round(console: Console, record: dict[str, Any], rounds: int) -> None:
+    """The round's line on the console, as plain text: its ``[excluded N]`` and ``[warning:
+    ...]`` are not rich markup (rich once swallowed both)."""
+    console.print(round_line(record, rounds), soft_wrap=True, highlight=False, markup=False)
+
+
 def _load_for_resume(cfg: RunConfig, run_dir: Path) -> Checkpoint:
     """The run's checkpoint, checked before any model loads; ``rounds`` may not go back."""
     ckpt = load_checkpoint(run_dir)
@@ -361,7 +367,7 @@ def execute(
         with console.status("evaluating the initial model ..."):
             record = initial_record(job, state)
         log.append(record)
-        console.print(round_line(record, cfg.rounds), soft_wrap=True, highlight=False)
+        print_round(console, record, cfg.rounds)
     cohort = job.strategy.cohort_size(len(job.federation))
     if backend is None and cfg.backend == "ray":
         from fedfm.runtime.ray_backend import ray_backend  # imports Ray only when asked
@@ -387,7 +393,7 @@ def execute(
             log.append(record)
             if ledger is not None:
                 ledger.append(ledger_entry(job, record))
-            console.print(round_line(record, cfg.rounds), soft_wrap=True, highlight=False)
+            print_round(console, record, cfg.rounds)
             if cfg.checkpoint.every and (
                 state.round % cfg.checkpoint.every == 0 or state.round == job.rounds
             ):
