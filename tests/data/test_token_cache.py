@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedfm import filehash
 from fedfm.config import DataConfig
-from fedfm.data import filehash
 from fedfm.data.batching import batches, encode
+from fedfm.data.filehash import data_digest
 from fedfm.data.load import load_data
 from fedfm.data.token_cache import RaggedIds
 from fedfm.resources.types import Split
@@ -116,13 +117,13 @@ def test_the_file_digest_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
     calls = []
     real = filehash._file_sha256
     monkeypatch.setattr(filehash, "_file_sha256", lambda p: calls.append(p) or real(p))
-    first = filehash.data_digest(path)
-    assert filehash.data_digest(path) == first and len(calls) == 1
+    first = data_digest(path)
+    assert data_digest(path) == first and len(calls) == 1
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: hashed again
-    assert filehash.data_digest(path) == first and len(calls) == 2
+    assert data_digest(path) == first and len(calls) == 2
     path.write_text("text,label\nb,0\n")
-    assert filehash.data_digest(path) != first
+    assert data_digest(path) != first
 
 
 def test_ragged_ids_index_and_join():

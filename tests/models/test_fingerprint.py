@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from fedfm.models import fingerprint
+from fedfm import filehash
 from fedfm.models.fingerprint import folder_digest
 from fedfm.models.params import WeightsOrigin, backbone_hash, mark_weights_origin
 
@@ -26,8 +26,8 @@ def _folder(root: Path) -> Path:
 def test_digest_is_cached_by_size_and_mtime(tmp_path: Path, monkeypatch) -> None:
     folder, cache = _folder(tmp_path / "m"), tmp_path / "cache"
     hashed: list[str] = []
-    real = fingerprint._file_sha256
-    monkeypatch.setattr(fingerprint, "_file_sha256", lambda p: hashed.append(p.name) or real(p))
+    real = filehash._file_sha256
+    monkeypatch.setattr(filehash, "_file_sha256", lambda p: hashed.append(p.name) or real(p))
     first = folder_digest(folder, cache=cache)
     assert len(hashed) == 4  # three weight files and config.json; README is not the model
     assert folder_digest(folder, cache=cache) == first and len(hashed) == 4  # all cached

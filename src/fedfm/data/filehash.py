@@ -13,14 +13,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 from pathlib import Path
 
-from fedfm.io import atomic_write_json
-
-_CHUNK = 8 << 20
+from fedfm.filehash import files_digest
 
 
 def data_digest(path: str | Path, *, cache: Path | None = None) -> str:
@@ -36,45 +31,8 @@ def data_digest(path: str | Path, *, cache: Path | None = None) -> str:
         64 hex characters.
     """
     path = Path(path).expanduser().resolve()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    store = _cache_file(path, cache)
-    known = _read(store)
-    fresh: dict[str, list[int | str]] = {}
-    digest = hashlib.sha256()
-    for file in files:
-        name = file.relative_to(path).as_posix() if path.is_dir() else ""
-        stat = file.stat()
-        entry = known.get(name)
-        if entry is None or entry[:2] != [stat.st_size, stat.st_mtime_ns]:
-            entry = [stat.st_size, stat.st_mtime_ns, _file_sha256(file)]
-        fresh[name] = entry
-        digest.update(f"{name}|{entry[2]}\n".encode())
-    if fresh != known:
-        with contextlib.suppress(OSError):  # a read-only cache costs a re-hash next time
-            atomic_write_json(store, fresh)
-    return digest.hexdigest()
-
-
-def _cache_file(path: Path, cache: Path | None) -> Path:
-    if cache is None:
-        from fedfm.resources.models import cache_root
-
-        cache = cache_root() / "hashes"
-    key = hashlib.sha256(str(path).encode()).hexdigest()[:24]
-    return cache / f"data-{key}.json"
-
-
-def _read(store: Path) -> dict[str, list[int | str]]:
-    try:
-        data = json.loads(store.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    if not path.is_dir():
+        return files_digest(path, [("", path)], cache=cache, prefix="data-")
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    named = [(file.relative_to(path).as_posix(), file) for file in files]
+    return files_digest(path, named, cache=cache, prefix="data-")

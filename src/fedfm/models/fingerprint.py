@@ -1,8 +1,8 @@
 """A model folder's content digest: its weights, config and tokenizer files, hashed once.
 
-Hashing a 1 GB folder takes seconds, so each file's SHA-256 is cached in
-``<cache_root>/hashes/`` under the folder's resolved path, keyed by the file's size and
-modification time: a file that is rewritten gets a new mtime and is hashed again.
+Hashing a 1 GB folder takes seconds, so each file's SHA-256 is cached (:mod:`fedfm.filehash`)
+under the folder's resolved path, keyed by the file's size and modification time: a file
+that is rewritten gets a new mtime and is hashed again.
 
 Example:
     >>> digest = folder_digest("models/my-llama")   # doctest: +SKIP
@@ -12,12 +12,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 from pathlib import Path
 
-from fedfm.io import atomic_write_json
+from fedfm.filehash import files_digest
 
 # Files that decide what the backbone computes: weights (single or sharded), the config
 # and the tokenizer. Anything else in the folder (README, training args) is ignored.
@@ -33,7 +30,6 @@ SIDE_FILES = (
     "merges.txt",
     "tokenizer.model",
 )
-_CHUNK = 8 << 20
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -58,43 +54,5 @@ def folder_digest(folder: str | Path, *, cache: Path | None = None) -> str:
     files = weight_files(folder) + [
         folder / name for name in SIDE_FILES if (folder / name).is_file()
     ]
-    store = _cache_file(folder, cache)
-    known = _read(store)
-    fresh: dict[str, list[int | str]] = {}
-    digest = hashlib.sha256()
-    for path in sorted(files, key=lambda p: p.name):
-        stat = path.stat()
-        entry = known.get(path.name)
-        if entry is None or entry[:2] != [stat.st_size, stat.st_mtime_ns]:
-            entry = [stat.st_size, stat.st_mtime_ns, _file_sha256(path)]
-        fresh[path.name] = entry
-        digest.update(f"{path.name}|{entry[2]}\n".encode())
-    if fresh != known:
-        with contextlib.suppress(OSError):  # a read-only cache costs a re-hash next time
-            atomic_write_json(store, fresh)
-    return digest.hexdigest()
-
-
-def _cache_file(folder: Path, cache: Path | None) -> Path:
-    if cache is None:
-        from fedfm.resources.models import cache_root
-
-        cache = cache_root() / "hashes"
-    key = hashlib.sha256(str(folder).encode()).hexdigest()[:24]
-    return cache / f"{key}.json"
-
-
-def _read(store: Path) -> dict[str, list[int | str]]:
-    try:
-        data = json.loads(store.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    named = [(path.name, path) for path in sorted(files, key=lambda p: p.name)]
+    return files_digest(folder, named, cache=cache)
