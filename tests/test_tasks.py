@@ -70,3 +70,24 @@ def test_the_balanced_task_evaluates_like_the_plain_one():
     balanced = BalancedLoss(plain, np.array([1, 1, 8]))
     assert balanced.evaluate(_Fixed(logits), [batch]) == plain.evaluate(_Fixed(logits), [batch])
     assert (balanced.name, balanced.main_metric) == (plain.name, plain.main_metric)
+
+
+def test_clients_train_the_balanced_loss_unless_the_run_is_personalised():
+    from fedfm.config import load_config
+    from fedfm.runtime.job import build_job
+    from fedfm.runtime.simulation import local_task
+
+    base = ["data.dataset=digits", "model.name=mlp", "adapter.method=full", "data.num_clients=2"]
+    for extra, balanced in (
+        ([], True),
+        (["client.loss=ce"], False),
+        (["strategy.name=local"], False),
+        (['strategy.personal=["classifier"]'], False),
+    ):
+        job = build_job(load_config(None, [*base, *extra]))
+        client = job.federation[0]
+        task = local_task(job, client.train)
+        assert isinstance(task, BalancedLoss) == balanced, extra
+        if balanced:
+            counts = np.bincount(job.train.labels[client.train], minlength=10)
+            assert torch.allclose(task.offset.exp(), torch.tensor(counts / counts.sum()).float())

@@ -97,8 +97,13 @@ PIPELINE_STREAM = 2**20  # client_seed stream of the pipeline's randomness (stoc
 
 def local_task(job: Job, indices: np.ndarray) -> Task:
     """The task a client trains on: the job's, or with ``client.loss = "balanced"`` its loss
-    balanced for the labels at ``indices`` (:class:`~fedfm.tasks.BalancedLoss`)."""
-    if job.cfg.client.loss != "balanced" or job.train.labels is None:
+    balanced for the labels at ``indices`` (:class:`~fedfm.tasks.BalancedLoss`).
+
+    A personalised run (``local``, ``strategy.personal``) trains with the plain loss: each
+    client's model, or its own tensors, serves that client's own labels, prior included.
+    """
+    plain = job.cfg.client.loss != "balanced" or job.strategy.personalized
+    if plain or job.train.labels is None:
         return job.task
     counts = np.bincount(job.train.labels[indices], minlength=job.task.num_labels)
     return BalancedLoss(job.task, counts)
