@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedfm.errors import FedFMError
+from fedfm.runtime.run_folder import CONFIG_FILE
 
-CONFIG_FILE = "config.toml"
 PARAMS_FILE = "adapter.safetensors"  # the final global params (fedfm's format)
 ADAPTER_DIR = "adapter"  # a peft adapter folder (lora, ia3)
 MODEL_DIR = "model"  # a standalone Hugging Face model folder (head, bitfit, full)

@@ -35,6 +35,7 @@ from fedfm.resources.models import load_model
 from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION, Dataset, Split
 from fedfm.runtime.finished import MERGED_FILE, PARAMS_FILE, check_can_score
 from fedfm.runtime.job import resolve_device
+from fedfm.runtime.run_folder import CONFIG_FILE
 from fedfm.tasks import TASKS
 
 
@@ -110,7 +111,7 @@ def default_result_path(run_dir: str | Path, data: str | None) -> Path:
 def _run_config(run_dir: Path, data: str | None, overrides: Sequence[str]) -> RunConfig:
     check_can_score(run_dir)
     extra = [f"data.dataset={json.dumps(str(data))}"] if data is not None else []
-    return load_config(run_dir / "config.toml", [*overrides, *extra])
+    return load_config(run_dir / CONFIG_FILE, [*overrides, *extra])
 
 
 def _run_task(run_dir: Path, *, default: str) -> str:

@@ -265,7 +265,7 @@ def _finish(
             )
     else:
         save_params_file(
-            run_dir / "adapter.safetensors", state.global_params, backbone=job.backbone, **meta
+            run_dir / finished.PARAMS_FILE, state.global_params, backbone=job.backbone, **meta
         )
     merged = job.strategy.backbone_delta()
     if merged:  # FLoRA without re-projection: the model is the frozen weights plus these

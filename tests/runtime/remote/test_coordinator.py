@@ -3,37 +3,11 @@
 import json
 
 import torch
-from rich.console import Console
+from test_adversarial import _coordinator  # the same digits + MLP job, three clients joined
 
-from fedfm.config import load_config
 from fedfm.models.params import payload_bytes
-from fedfm.runtime.job import build_job
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote.codec import chunks, encode_params
-from fedfm.runtime.remote.coordinator import Coordinator, wire_template
-
-
-def _coordinator(tmp_path, *extra: str) -> Coordinator:
-    cfg = load_config(
-        None,
-        [
-            "data.dataset=digits",
-            "model.name=mlp",
-            "adapter.method=full",
-            "data.num_clients=3",
-            "data.partition=iid",
-            'remote.clients=["a", "b", "c"]',
-            "remote.insecure=true",
-            *extra,
-        ],
-    )
-    coord = Coordinator(build_job(cfg), tmp_path, Console(quiet=True))
-    for cid in ("a", "b", "c"):
-        assert coord.join(pb.JoinRequest(client_id=cid, backbone=coord.job.backbone)).accepted
-    coord.open_round, coord.members = 2, {"a": 0, "b": 1}
-    coord.like = {k: torch.zeros_like(v) for k, v in coord.job.initial_params.items()}
-    coord.template = wire_template(coord.job, coord.like)
-    return coord
 
 
 def _update(coord, cid, *, round_=2, session=None, params=None):

@@ -392,7 +392,7 @@ def _received_delta(coord: Coordinator, groups: dict[str, Params]) -> Params:
 
 
 def _decode_update(coord: Coordinator, header: pb.Header, data: bytes) -> Update:
-    meta = {k: v for k, v in header.meta.items()}
+    meta = dict(header.meta)
     claims = read_claims(meta, coord.limits, payload_bytes=len(data))
     tensors = decode_params(data, max_bytes=coord.max_bytes)
     groups = split_groups(tensors, ("delta", "wire", "extras"))
