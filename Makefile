@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.fedfm-setup
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-all lint bench config-table clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ bench: setup
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/secagg.py
+
+# README.md's config table, generated from the config dataclasses' field docs.
+config-table: setup
+	$(BIN)/python -m fedfm.config_table --write README.md
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

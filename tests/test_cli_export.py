@@ -21,8 +21,8 @@ import pytest
 from fedfm.cli import main
 from fedfm.config import load_config
 from fedfm.data.federation import subsample
+from fedfm.datasets import load_dataset
 from fedfm.report.card import HF_LOAD_HEADING
-from fedfm.resources.datasets import load_dataset
 
 SMALL = [
     "data.partition=iid",

@@ -75,24 +75,6 @@ def test_missing_or_broken_file(tmp_path):
         load_config(bad)
 
 
-def _flat_keys(table, prefix=""):
-    for key, value in table.items():
-        if isinstance(value, dict):
-            yield from _flat_keys(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}"
-
-
-def test_readme_documents_every_config_key():
-    from pathlib import Path
-
-    from fedfm.config import to_dict
-
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    missing = [k for k in _flat_keys(to_dict(RunConfig())) if f"| `{k}` |" not in readme]
-    assert not missing, f"README.md lacks config keys: {missing}"
-
-
 def test_example_configs_are_valid():
     from pathlib import Path
 

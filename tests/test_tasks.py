@@ -75,7 +75,6 @@ def test_the_balanced_task_evaluates_like_the_plain_one():
 def test_clients_train_the_balanced_loss_unless_the_run_is_personalised():
     from fedfm.config import load_config
     from fedfm.runtime.job import build_job
-    from fedfm.runtime.simulation import local_task
 
     base = ["data.dataset=digits", "model.name=mlp", "adapter.method=full", "data.num_clients=2"]
     for extra, balanced in (
@@ -86,7 +85,7 @@ def test_clients_train_the_balanced_loss_unless_the_run_is_personalised():
     ):
         job = build_job(load_config(None, [*base, *extra]))
         client = job.federation[0]
-        task = local_task(job, client.train)
+        task = job.client_context().local_task(client.train)
         assert isinstance(task, BalancedLoss) == balanced, extra
         if balanced:
             counts = np.bincount(job.train.labels[client.train], minlength=10)

@@ -126,7 +126,7 @@ def _cmd_synth(args: argparse.Namespace, console: Console) -> None:
 
 def _cmd_serve(args: argparse.Namespace, console: Console) -> None:
     from fedfm.config import load_config
-    from fedfm.runtime.remote.server import check_remote, remote_backend
+    from fedfm.runtime.remote.server import check_remote
     from fedfm.runtime.run import execute
     from fedfm.runtime.run_folder import new_run_dir, resume_config, resumed_run
 
@@ -136,10 +136,10 @@ def _cmd_serve(args: argparse.Namespace, console: Console) -> None:
         run_dir = Path(cfg.output_dir) / cfg.run_name
         cfg = resume_config(run_dir, args.set)
         with resumed_run(run_dir):
-            execute(cfg, run_dir=run_dir, resume=True, console=console, backend=remote_backend)
+            execute(cfg, run_dir=run_dir, resume=True, console=console, backend="remote")
         return
     with new_run_dir(cfg, overwrite=args.overwrite) as run_dir:
-        execute(cfg, run_dir=run_dir, console=console, backend=remote_backend)
+        execute(cfg, run_dir=run_dir, console=console, backend="remote")
 
 
 def _cmd_join(args: argparse.Namespace, console: Console) -> None:
@@ -195,7 +195,7 @@ def _cmd_admin(args: argparse.Namespace, console: Console) -> None:
 
 
 def _cmd_export(args: argparse.Namespace, console: Console) -> None:
-    from fedfm.runtime.finished import check_can_export
+    from fedfm.run_files import check_can_export
 
     check_can_export(Path(args.run), Path(args.merged), overwrite=args.overwrite)  # no torch yet
     from fedfm.models.export import export_merged
@@ -206,7 +206,7 @@ def _cmd_export(args: argparse.Namespace, console: Console) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace, console: Console) -> None:
-    from fedfm.runtime.finished import check_can_score
+    from fedfm.run_files import check_can_score
 
     check_can_score(Path(args.run))  # before torch is imported
     from fedfm.runtime.rescore import default_result_path, rescore_run, write_result
@@ -247,7 +247,7 @@ def _cmd_exp(args: argparse.Namespace, console: Console) -> None:
 
 def _cmd_list(args: argparse.Namespace, console: Console) -> None:
     from fedfm.data.partition import PARTITIONS
-    from fedfm.resources.datasets import DATASETS
+    from fedfm.datasets import DATASETS
     from fedfm.resources.models import MODELS
     from fedfm.strategies import STRATEGIES
 

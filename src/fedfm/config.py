@@ -25,259 +25,599 @@ from typing import Any
 from fedfm.errors import ConfigError, closest
 
 
+def knob(default: Any, doc: str, *, factory: bool = False) -> Any:
+    """A config field and its documentation, kept as the field's ``metadata["doc"]``.
+
+    The README's config table is generated from these docs (``make config-table``). With
+    ``factory=True``, ``default`` is called for each instance (a nested config table).
+    """
+    if factory:
+        return field(default_factory=default, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    # registry name (trec6 | sentiment4 | sms_spam | shakespeare | digits) or a path: a .csv,
-    # .tsv, .jsonl, .json or .parquet file, or a folder from datasets' save_to_disk
-    dataset: str = "trec6"
-    partition: str = "dirichlet"  # iid | dirichlet | shards | quantity | natural
-    num_clients: int = 10  # natural: 0 = one client per group
-    alpha: float = 0.5  # Dirichlet concentration (dirichlet: label skew; quantity: size skew)
-    shards_per_client: int = 2  # shards: labels per client (pathological non-IID)
-    min_client_size: int = 8  # every client gets at least this many training examples
-    client_eval_fraction: float = 0.1  # share of each client's data held out for client eval
-    max_length: int = 64  # tokens per example (truncation); batches are padded per batch
-    max_train_examples: int = 0  # 0 = all; >0 = seeded subsample of the training pool
-    max_test_examples: int = 0  # 0 = all; >0 = seeded subsample of the global test set
+    dataset: str = knob(
+        "trec6",
+        "a registry name: `trec6`, `sentiment4`, `sms_spam`, `shakespeare` (causal LM), "
+        "`digits` (features), or the path of your own data: a `.csv`, `.tsv`, `.jsonl`, "
+        "`.json`, `.parquet` or `.txt` (one document per line) file, or a `datasets` "
+        "`save_to_disk` folder (see [Your own data](#your-own-data))",
+    )
+    partition: str = knob(
+        "dirichlet",
+        "`iid`, `dirichlet` (label skew), `shards` (k labels per client), `quantity` "
+        "(size skew), `natural` (domain or speaker ids)",
+    )
+    num_clients: int = knob(
+        10, "clients; with `natural`, 0 = one per group, N = a seeded subset of N groups"
+    )
+    alpha: float = knob(
+        0.5,
+        "Dirichlet concentration: label skew (`dirichlet`) or size skew (`quantity`); "
+        "smaller = more skew",
+    )
+    shards_per_client: int = knob(
+        2, "`shards`: shards (≈ labels) per client (pathological non-IID)"
+    )
+    min_client_size: int = knob(
+        8,
+        "every client gets at least this many training examples, or the partition is "
+        "refused with a fix",
+    )
+    client_eval_fraction: float = knob(
+        0.1, "share of each client's data held out for per-client evaluation"
+    )
+    max_length: int = knob(
+        64,
+        "tokens per example (truncation); batches are padded to their own longest example",
+    )
+    max_train_examples: int = knob(0, "0 = all; N = a seeded subsample of the training pool")
+    max_test_examples: int = knob(0, "0 = all; N = a seeded subsample of the global test set")
     # the keys below read a dataset file (data.dataset = a path); the registry's ignore them
-    task: str = "auto"  # classification | causal_lm | auto: classification if label_column exists
-    text_column: str = "text"  # the text (causal LM: the document to model)
-    text_pair_column: str = ""  # a second text per row, encoded as a pair (NLI, QA); "" = none
-    label_column: str = "label"  # class names or integer ids
-    label_names: tuple[str, ...] = ()  # class names in id order; () = ClassLabel's, else sorted
-    group_column: str = ""  # a client or owner id per row: partition = "natural" uses it
-    split_column: str = ""  # "train" or "test" per row; "" = a seeded, stratified 20% test set
+    task: str = knob(
+        "auto",
+        "a data file's task: `classification`, `causal_lm`, or `auto` = classification if "
+        "the file has `data.label_column`, else causal LM (a registry dataset must leave "
+        "`auto`)",
+    )
+    text_column: str = knob("text", "a data file's text column (causal LM: the document to model)")
+    text_pair_column: str = knob(
+        "",
+        'a second text per row, tokenised as a pair (NLI, question + passage); `""` = none',
+    )
+    label_column: str = knob("label", "a data file's label column: class names or integer ids")
+    label_names: tuple[str, ...] = knob(
+        (),
+        "class names in id order; `[]` = from the data: the column's `ClassLabel` names, "
+        "else integer ids sorted numerically, else names sorted. For a file, the job "
+        "resolves them (and `data.task`) into its config: the model card's config shows "
+        "them and `fedfm serve` sends them to its remote clients",
+    )
+    group_column: str = knob(
+        "",
+        'a data file\'s client or owner column: `data.partition = "natural"` makes one '
+        "client per value",
+    )
+    split_column: str = knob(
+        "",
+        'a data file\'s `train`/`test` column; `""` = a seeded 20% test set, stratified '
+        "by label (and group), as for the registry's datasets",
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "minilm"  # registry name (minilm | smollm2-135m | mlp) or an HF model folder
-    pretrained: bool = True  # false = same architecture, random init (baseline)
-    dtype: str = "float32"  # backbone dtype: float32 | bfloat16 | float16
-    trust_remote_code: bool = False  # let a model folder run its own Python code
+    name: str = knob(
+        "minilm",
+        "a registry name: `minilm` (text encoder), `smollm2-135m` (causal LM, also "
+        "classification), `mlp` (features), or the path of your own Hugging Face model "
+        "folder (see [Your own model](#your-own-model))",
+    )
+    pretrained: bool = knob(
+        True,
+        '`false` = same architecture, random init (the baseline of "a pre-trained start helps")',
+    )
+    dtype: str = knob(
+        "float32",
+        "the backbone's dtype: `float32`, `bfloat16`, `float16`; LoRA/IA3 tensors and the "
+        "task head train in float32 on a half-precision backbone; `bitfit` and `full` train "
+        "in the backbone's dtype (refused with `float16`)",
+    )
+    trust_remote_code: bool = knob(
+        False,
+        "let a model folder run its own Python code (`auto_map` in its `config.json`); off "
+        "unless set",
+    )
 
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    method: str = "lora"  # lora | ia3 | bitfit (biases) | head (linear probe) | full
-    rank: int = 8  # LoRA rank r
-    alpha: float = 16.0  # LoRA scaling alpha (scale = alpha / rank)
-    dropout: float = 0.0  # LoRA dropout
-    target_modules: tuple[str, ...] = ()  # empty = per-architecture default
-    freeze_a: bool = False  # LoRA: A stays at its shared init; only B trains and travels (FFA)
+    method: str = knob(
+        "lora",
+        "`lora` (peft LoRA + the task head), `ia3` (peft IA3 + the task head), `bitfit` "
+        "(bias terms + the task head), `head` (linear probe), `full` (full fine-tuning)",
+    )
+    rank: int = knob(8, "LoRA rank r")
+    alpha: float = knob(16.0, "LoRA scaling alpha (scale = alpha / r)")
+    dropout: float = knob(0.0, "LoRA dropout")
+    target_modules: tuple[str, ...] = knob(
+        (),
+        "modules LoRA wraps; empty = peft's default for the architecture (bert: query, "
+        "value; llama: q_proj, v_proj)",
+    )
+    freeze_a: bool = knob(
+        False,
+        "LoRA: A stays at its shared seeded init, only B trains and travels (FFA-LoRA: "
+        "FedAvg becomes exact, half the LoRA bytes)",
+    )
 
 
 @dataclass(frozen=True)
 class ClientConfig:
-    epochs: int = 1  # local epochs over the client's data
-    steps: int = 0  # >0: exactly this many local steps instead of epochs
-    batch_size: int = 32
-    optimizer: str = "adamw"  # adamw | adam | sgd
-    lr: float = 5e-3
-    momentum: float = 0.0  # sgd only
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # 0 = no gradient clipping
-    # classification loss: balanced (each client's label prior added to the logits in
-    # training: balanced softmax, against label skew) | ce (plain cross-entropy)
-    loss: str = "balanced"
+    epochs: int = knob(1, "local epochs over the client's data")
+    steps: int = knob(0, "> 0: exactly this many local steps instead of epochs")
+    batch_size: int = knob(32, "local batch size")
+    optimizer: str = knob("adamw", "`adamw`, `adam`, `sgd` (fresh each round)")
+    lr: float = knob(5e-3, "local learning rate")
+    momentum: float = knob(0.0, "SGD momentum (`sgd` only)")
+    weight_decay: float = knob(0.0, "weight decay")
+    max_grad_norm: float = knob(1.0, "gradient clipping norm; 0 = off")
+    loss: str = knob(
+        "balanced",
+        "classification loss: `balanced` (each client's label prior added to the logits "
+        "while it trains: balanced softmax against label skew; evaluation is unchanged; "
+        "personalised runs always use `ce`) or `ce` (plain cross-entropy; experiments E1-E6 "
+        "ran with it). See [docs/label-skew.md](docs/label-skew.md)",
+    )
 
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    # fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad | scaffold;
-    # references: local (each client alone) | centralized (pooled data)
-    name: str = "fedavg"
-    fraction: float = 0.5  # share of clients per round (used when clients_per_round = 0)
-    clients_per_round: int = 0  # >0 overrides fraction
-    proximal_mu: float = 0.01  # fedprox: weight of (mu/2)||w - w_global||^2
-    server_lr: float = 1.0  # server step size (fedavgm, fedopt, scaffold)
-    server_momentum: float = 0.9  # fedavgm
-    beta1: float = 0.9  # fedadam / fedyogi / fedadagrad first moment
-    beta2: float = 0.99  # fedadam / fedyogi second moment
-    tau: float = 1e-3  # fedopt adaptivity (epsilon)
-    # flora: true = re-project the exact mean of LoRA products to adapter.rank by SVD;
-    # false = merge it into the frozen weights exactly and restart LoRA from (A0, 0)
-    reproject: bool = True
-    # params each client keeps to itself (personalisation): name fragments such as
-    # "lora_B" (FedSA-LoRA) or "head" (the task head, FedPer-style); [] = all shared
-    personal: tuple[str, ...] = ()
+    name: str = knob(
+        "fedavg",
+        "`fedavg`, `fedprox`, `fedavgm`, `fedadam`, `fedyogi`, `fedadagrad`, `scaffold`, "
+        "`flora` (LoRA by stacking: the exact mean of client products); references: "
+        "`local` (each client trains alone, evaluated on its own split, nothing travels), "
+        "`centralized` (one model on the pooled data)",
+    )
+    fraction: float = knob(
+        0.5, "share of clients sampled per round (seeded), used when `clients_per_round` = 0"
+    )
+    clients_per_round: int = knob(0, "> 0: this many clients per round instead of `fraction`")
+    proximal_mu: float = knob(
+        0.01,
+        "FedProx: weight of the proximal term (μ/2)‖w − w_global‖² in every client's loss",
+    )
+    server_lr: float = knob(1.0, "server step size (FedAvgM, FedAdam/Yogi/Adagrad, SCAFFOLD)")
+    server_momentum: float = knob(0.9, "FedAvgM momentum")
+    beta1: float = knob(0.9, "FedAdam/Yogi/Adagrad first-moment decay")
+    beta2: float = knob(0.99, "FedAdam/Yogi second-moment decay")
+    tau: float = knob(1e-3, "FedAdam/Yogi/Adagrad adaptivity ε")
+    reproject: bool = knob(
+        True,
+        "`flora`: `true` = re-project the exact mean of the clients' LoRA products to "
+        "`adapter.rank` by SVD (FlexLoRA's server step); `false` = merge it into the frozen "
+        "weights exactly and restart LoRA from (A0, 0) (FLoRA): clients download the stacks "
+        "they missed",
+    )
+    personal: tuple[str, ...] = knob(
+        (),
+        'tensors each client keeps to itself (personalisation): `"lora_B"` (FedSA-LoRA), '
+        '`"head"` (a local task head, FedPer-style) or any name fragment; evaluated per '
+        "client with its own tensors; `[]` = all shared",
+    )
 
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    method: str = "none"  # what clients upload: none | quantize (stochastic b-bit) | topk
-    bits: int = 8  # quantize: bits per value (1, 2, 4 or 8)
-    fraction: float = 0.1  # topk: share of each tensor's entries kept
-    error_feedback: bool = True  # carry what compression lost into the client's next upload
+    method: str = knob(
+        "none",
+        "what clients upload: `none`, `quantize` (stochastic b-bit rounding, unbiased) or "
+        "`topk` (largest magnitudes); bytes are the exact wire size",
+    )
+    bits: int = knob(8, "`quantize`: 1, 2, 4 or 8 bits per value (per-tensor range)")
+    fraction: float = knob(
+        0.1, "`topk`: share of each tensor's entries sent (values + int32 positions)"
+    )
+    error_feedback: bool = knob(
+        True, "carry what compression dropped into the client's next upload"
+    )
 
 
 @dataclass(frozen=True)
 class PrivacyConfig:
     """Client-level differential privacy (DP-FedAvg, McMahan et al., 2018)."""
 
-    noise: str = "none"  # none | central (the server adds it) | distributed (clients add shares)
-    clip: float = 1.0  # L2 bound on each client's update (the start value when adaptive)
-    adaptive_clip: bool = False  # track a quantile of update norms (Andrew et al., 2021)
-    target_quantile: float = 0.5  # adaptive: share of updates left unclipped
-    clip_lr: float = 0.2  # adaptive: geometric step of the clip norm
-    count_noise: float = 0.0  # adaptive: stddev of the unclipped count's noise; 0 = cohort / 20
-    noise_multiplier: float = 0.0  # noise stddev / clip; 0 = the least that meets target_epsilon
-    target_epsilon: float = 0.0  # the run's privacy budget at delta; 0 = no budget
-    delta: float = 1e-5
-    accountant: str = "rdp"  # rdp | prv (Opacus' accountants)
-    over_budget: str = "refuse"  # refuse to start | stop after the last round the budget allows
+    noise: str = knob(
+        "none",
+        "client-level DP (DP-FedAvg): `none`, `central` (the server noises the sum) or "
+        "`distributed` (each client adds its share); with noise, the mean becomes "
+        "unweighted over the cohort size",
+    )
+    clip: float = knob(
+        1.0, "L2 bound on each client's whole update (the start value when adaptive)"
+    )
+    adaptive_clip: bool = knob(
+        False,
+        "move the clip norm toward a quantile of update norms each round (Andrew et al. "
+        "2021); the noised count is paid for within the same epsilon",
+    )
+    target_quantile: float = knob(0.5, "adaptive: share of updates that should stay unclipped")
+    clip_lr: float = knob(0.2, "adaptive: geometric step of the clip norm")
+    count_noise: float = knob(
+        0.0, "adaptive: stddev of the unclipped count's noise; 0 = cohort / 20"
+    )
+    noise_multiplier: float = knob(
+        0.0, "noise stddev / clip; 0 = the least that keeps `rounds` within `target_epsilon`"
+    )
+    target_epsilon: float = knob(
+        0.0,
+        "the run's privacy budget at `delta`; a run that would exceed it is refused (or "
+        "stopped, see `over_budget`); 0 = no budget",
+    )
+    delta: float = knob(1e-5, "the delta every epsilon is reported at, in (0, 1)")
+    accountant: str = knob(
+        "rdp",
+        "Opacus' `rdp` or `prv` accountant; epsilon per round goes to `metrics.jsonl` and "
+        "`privacy_ledger.jsonl`",
+    )
+    over_budget: str = knob(
+        "refuse", "`refuse` to start, or `stop` after the last round the budget allows"
+    )
 
 
 @dataclass(frozen=True)
 class DPSGDConfig:
     """Sample-level differential privacy: DP-SGD in every client's local trainer (Opacus)."""
 
-    enabled: bool = False
-    noise_multiplier: float = 1.0  # noise stddev / max_grad_norm
-    max_grad_norm: float = 1.0  # per-example gradient L2 bound
-    delta: float = 1e-5
-    accountant: str = "rdp"  # rdp | prv
+    enabled: bool = knob(
+        False,
+        "sample-level DP: DP-SGD in every client's trainer (Opacus per-example clipping and "
+        "noise); records each round's worst client epsilon",
+    )
+    noise_multiplier: float = knob(1.0, "noise stddev / `max_grad_norm`")
+    max_grad_norm: float = knob(
+        1.0, "per-example gradient L2 bound (replaces `client.max_grad_norm`)"
+    )
+    delta: float = knob(1e-5, "the delta of the sample-level epsilon")
+    accountant: str = knob("rdp", "Opacus' `rdp` or `prv` accountant")
 
 
 @dataclass(frozen=True)
 class SecAggConfig:
     """Secure aggregation (SecAgg, Bonawitz et al., 2017): the server learns only the sum."""
 
-    enabled: bool = False
-    threshold: float = 0.67  # share of the cohort whose secret shares rebuild a key (Shamir t)
-    clip: float = 1.0  # every coordinate is clamped to [-clip, clip] before fixed-point encoding
-    dropout: float = 0.0  # share of the cohort that drops after sharing keys (simulated)
+    enabled: bool = knob(
+        False,
+        "secure aggregation (SecAgg: X25519 pairwise masks, Shamir-shared keys, 32-bit "
+        "fixed point): the server learns only the sum; its bytes and seconds are recorded",
+    )
+    threshold: float = knob(
+        0.67,
+        "share of the cohort whose secret shares rebuild a dropped client's key (Shamir t); "
+        "more dropouts than `cohort - t` fail the round with a clear error",
+    )
+    clip: float = knob(
+        1.0,
+        "each coordinate is clamped to `[-clip, clip]` before fixed-point encoding "
+        "(`secagg_clamped` counts them)",
+    )
+    dropout: float = knob(
+        0.0,
+        "share of the cohort that drops after sharing keys (simulated; recovered through "
+        "the shares)",
+    )
 
 
 @dataclass(frozen=True)
 class RobustConfig:
     """Byzantine-robust aggregation: replaces the weighted mean of client deltas."""
 
-    aggregator: str = "mean"  # mean | median | trimmed_mean | krum | multikrum
-    trim: float = 0.1  # trimmed_mean: share of values cut at each end of every coordinate
-    byzantine: int = 0  # krum / multikrum: attackers tolerated (f); 0 = 30% of the cohort
-    keep: int = 0  # multikrum: updates averaged; 0 = cohort - f
-    norm_bound: float = 0.0  # > 0: scale each update to at most this L2 norm first
+    aggregator: str = knob(
+        "mean",
+        "`mean` (the weighted mean of client deltas), or in its place `median` "
+        "(coordinate-wise), `trimmed_mean`, `krum` or `multikrum`, under FedAvg or a server "
+        "optimiser",
+    )
+    trim: float = knob(
+        0.1,
+        "`trimmed_mean`: share of values cut at each end of every coordinate, in [0, 0.5)",
+    )
+    byzantine: int = knob(0, "`krum`/`multikrum`: attackers tolerated f; 0 = 30% of the cohort")
+    keep: int = knob(
+        0,
+        "`multikrum`: updates averaged; 0 = cohort - f (the kept ids are recorded as "
+        "`robust_kept`)",
+    )
+    norm_bound: float = knob(
+        0.0,
+        "> 0: the server scales each update to at most this L2 norm first (`robust_bounded` "
+        "records whom)",
+    )
 
 
 @dataclass(frozen=True)
 class AttackConfig:
     """Simulated malicious clients (a seeded, fixed set for the whole run)."""
 
-    kind: str = "none"  # none | label_flip | sign_flip | scale | noise | backdoor
-    fraction: float = 0.0  # share of clients that are malicious
-    scale: float = 10.0  # scale: factor on the update (model replacement); sign_flip: -scale
-    noise_std: float = 0.1  # noise: the update is replaced by N(0, noise_std^2)
-    trigger: str = "cf mn bb"  # backdoor: phrase put in front of the text
-    target_label: int = 0  # backdoor: the label the trigger maps to
-    poison_fraction: float = 0.5  # backdoor: share of a malicious client's examples poisoned
+    kind: str = knob(
+        "none",
+        "malicious clients: `none`, `label_flip`, `backdoor` (data), `sign_flip`, `scale`, "
+        "`noise` (model)",
+    )
+    fraction: float = knob(
+        0.0,
+        "share of clients that are malicious (a seeded set, recorded per round as `malicious`)",
+    )
+    scale: float = knob(
+        10.0,
+        "`scale`: factor on the update (model replacement); `sign_flip`: the update times `-scale`",
+    )
+    noise_std: float = knob(0.1, "`noise`: the update is replaced by Gaussian noise of this stddev")
+    trigger: str = knob(
+        "cf mn bb",
+        "`backdoor`: phrase put in front of poisoned texts; `test_attack_success_rate` is "
+        "the share of triggered test texts classified as the target",
+    )
+    target_label: int = knob(0, "`backdoor`: the class the trigger maps to")
+    poison_fraction: float = knob(
+        0.5, "`backdoor`: share of a malicious client's examples poisoned"
+    )
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Labelled examples written by a generative FM, and how the federation uses them."""
 
-    mode: str = "none"  # none | server_warmup | client_mix | synthetic_only
-    size: int = 300  # examples to generate (labels balanced), before the filters
-    ratio: float = 1.0  # client_mix: synthetic examples added per real example of a client
-    warmup_epochs: int = 2  # server_warmup: passes over the synthetic set before round 1
-    path: str = ""  # use this synthetic JSONL (from `fedfm synth --out`) instead of generating
-    descriptions: tuple[str, ...] = ()  # one per label; empty = built-in for bundled datasets
-    seed_file: str = ""  # JSONL of public seed examples {"text", "label"} shown in prompts
-    examples_per_prompt: int = 3  # seed (or built-in) examples listed in each prompt
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_new_tokens: int = 40
-    batch_size: int = 32  # prompts sampled together
-    seed: int = 0  # generation seed (topics, seed examples, sampling)
-    min_words: int = 3  # length filter
-    max_words: int = 60
-    near_duplicate: float = 0.95  # MiniLM cosine at which a later sample is a near-copy
-    min_confidence: float = 0.3  # label filter: the probe's least p(intended label)
-    relabel: bool = False  # label filter: relabel a confident disagreement instead of dropping
-    contamination_ngram: int = 8  # a shared word n-gram with the test set flags a sample
-    contamination_similarity: float = 0.9  # so does a test example this close (cosine)
+    mode: str = knob(
+        "none",
+        "FM-written training data: `none`, `server_warmup` (train the global adapter and "
+        "head on it before round 1, GPT-FL), `client_mix` (each client adds synthetic "
+        "examples, FedGC), `synthetic_only` (clients hold synthetic data only: a lower "
+        "reference). See [docs/synthetic.md](docs/synthetic.md)",
+    )
+    size: int = knob(
+        300,
+        "examples generated with SmolLM2-135M-Instruct (labels balanced), before the filters",
+    )
+    ratio: float = knob(1.0, "`client_mix`: synthetic examples added per real example of a client")
+    warmup_epochs: int = knob(
+        2,
+        "`server_warmup`: passes over the synthetic set before round 1 (the `[client]` "
+        "optimiser and lr)",
+    )
+    path: str = knob(
+        "",
+        "use this synthetic JSONL, written by `fedfm synth --out FILE`, instead of generating",
+    )
+    descriptions: tuple[str, ...] = knob(
+        (),
+        "one description per label for the prompt; `[]` = the built-in ones (trec6, "
+        "sentiment4, sms_spam)",
+    )
+    seed_file: str = knob(
+        "",
+        'JSONL of public seed examples `{"text", "label"}` listed in prompts (default: '
+        "fedfm's own few per label)",
+    )
+    examples_per_prompt: int = knob(3, "seed (or built-in) examples listed in each prompt")
+    temperature: float = knob(
+        1.0, "sampling temperature (the sampling settings are recorded in every row)"
+    )
+    top_p: float = knob(0.95, "nucleus sampling")
+    max_new_tokens: int = knob(40, "longest example; a row also stops at its first line break")
+    batch_size: int = knob(32, "prompts sampled together")
+    seed: int = knob(
+        0,
+        "generation seed: topics, listed examples and sampling (each batch's seed is recorded)",
+    )
+    min_words: int = knob(3, "length filter: fewest words")
+    max_words: int = knob(60, "length filter: most words")
+    near_duplicate: float = knob(
+        0.95, "MiniLM cosine at which a later sample is a near-copy of a kept one"
+    )
+    min_confidence: float = knob(
+        0.3,
+        "label filter: drop a sample whose out-of-fold probe (logistic regression on MiniLM "
+        "embeddings) gives its intended label less",
+    )
+    relabel: bool = knob(
+        False,
+        "label filter: relabel a sample whose probe's top label has p >= 0.5 instead of "
+        "dropping it",
+    )
+    contamination_ngram: int = knob(
+        8, "a word n-gram of this length shared with the test set drops a sample"
+    )
+    contamination_similarity: float = knob(
+        0.9, "so does a test example at this MiniLM cosine or closer"
+    )
 
 
 @dataclass(frozen=True)
 class RemoteConfig:
     """``fedfm serve``: remote clients over gRPC (ignored by the simulator)."""
 
-    address: str = "localhost:50051"  # where the server listens
-    clients: tuple[str, ...] = ()  # client ids in federation order (client i holds partition i)
-    deadline: float = 600.0  # seconds a round waits for its cohort before closing on a quorum
-    quorum: float = 1.0  # share of the cohort whose updates a round needs to close
-    tls_dir: str = ""  # from `fedfm admin init-tls`: ca.pem, server.pem, server.key, clients.json
-    mutual_tls: bool = False  # also require a client certificate signed by the CA
-    insecure: bool = False  # plaintext on loopback (tests); never across machines
-    max_update_mb: float = 1024.0  # the largest update accepted
-    max_inflight_mb: float = 2048.0  # updates buffered at once, all clients together
-    max_examples: int = 1_000_000  # the largest num_examples (FedAvg weight) an update may claim
-    stream_timeout: float = 30.0  # seconds a stream may stall before the server cuts it
-    patience: int = 1  # more deadlines a round below the quorum waits, then takes what arrived
+    address: str = knob(
+        "localhost:50051",
+        "`fedfm serve`: where the gRPC server listens. See [docs/remote.md](docs/remote.md)",
+    )
+    clients: tuple[str, ...] = knob(
+        (),
+        "`fedfm serve`: client ids in federation order (client i holds partition i); "
+        "`data.num_clients` must equal their count",
+    )
+    deadline: float = knob(
+        600.0,
+        "seconds a round waits for its whole cohort before closing on a quorum (see "
+        "`remote.patience`); late or dead clients are recorded",
+    )
+    quorum: float = knob(1.0, "share of the cohort whose updates a round needs to close, in (0, 1]")
+    tls_dir: str = knob(
+        "",
+        "folder from `fedfm admin init-tls`: the CA (`ca.pem`), the server certificate and "
+        "key (`server.pem`, `server.key`), `clients.json` of token hashes",
+    )
+    mutual_tls: bool = knob(
+        False,
+        "also require a client certificate signed by the CA (`fedfm admin add-client --cert`)",
+    )
+    insecure: bool = knob(False, "plaintext, for loopback tests only; never across machines")
+    max_update_mb: float = knob(1024.0, "the largest update a client may send (MB)")
+    max_inflight_mb: float = knob(
+        2048.0,
+        "MB of updates the server buffers at once, all clients together (at least "
+        "`remote.max_update_mb`)",
+    )
+    max_examples: int = knob(
+        1_000_000, "the largest `num_examples` (FedAvg weight) an update may claim"
+    )
+    stream_timeout: float = knob(30.0, "seconds a stream may stall before the server cuts it")
+    patience: int = knob(
+        1, "more deadlines a round below the quorum waits, then it closes with what arrived"
+    )
 
 
 @dataclass(frozen=True)
 class RayConfig:
     """``backend = "ray"``: the simulation's clients train on Ray actors (one backbone each)."""
 
-    address: str = ""  # "" = start a local Ray; "auto" or "ray://HOST:10001" = join a cluster
-    workers: int = 0  # actors, each with its own copy of the model; 0 = one per CPU Ray offers
-    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each actor
-    threads: int = 0  # torch threads in each actor; 0 = cpus_per_worker (at least 1)
+    address: str = knob(
+        "",
+        '`backend = "ray"`: `""` starts a local Ray; `"auto"` or `"ray://HOST:10001"` '
+        "joins a cluster",
+    )
+    workers: int = knob(
+        0, "Ray actors, each with its own copy of the model; 0 = one per CPU Ray offers"
+    )
+    cpus_per_worker: float = knob(1.0, "CPUs Ray reserves for each actor")
+    threads: int = knob(0, "torch threads in each actor; 0 = `ray.cpus_per_worker` (at least 1)")
 
 
 @dataclass(frozen=True)
 class SystemConfig:
     """Resource profiles: what each simulated client can do (drawn per client, seeded)."""
 
-    ranks: tuple[int, ...] = ()  # LoRA rank per client, drawn from this list; [] = adapter.rank
-    speeds: tuple[float, ...] = ()  # relative compute speed per client (1.0 = reference)
-    layers: tuple[int, ...] = ()  # top transformer layers whose adapters a client trains; [] = all
-    steps: tuple[int, ...] = ()  # local steps per round per client; [] = client.epochs/steps
-    deadline: float = 0.0  # per-round budget in local steps at speed 1.0; 0 = no deadline
-    late: str = "drop"  # a client that misses the deadline: drop | partial (its steps so far)
-    min_rank: int = 0  # clients of lower rank are left out of every round (a baseline)
+    ranks: tuple[int, ...] = knob(
+        (),
+        "LoRA rank per client, drawn (seeded) from this list, each <= `adapter.rank`; a "
+        "client trains and sends its first r components (HetLoRA padding with `fedavg`, "
+        "FlexLoRA with `flora`); `[]` = `adapter.rank` for all",
+    )
+    speeds: tuple[float, ...] = knob(
+        (), "relative compute speed per client, drawn from this list (1.0 = reference)"
+    )
+    layers: tuple[int, ...] = knob(
+        (),
+        "top transformer layers whose tensors a client trains, drawn from this list; the "
+        "rest neither change nor travel up (`[]` = all)",
+    )
+    steps: tuple[int, ...] = knob(
+        (),
+        "local steps of a full round per client, drawn from this list (`[]` = the "
+        "`[client]` config's epochs or steps)",
+    )
+    deadline: float = knob(
+        0.0,
+        "per-round budget in local steps at speed 1.0 (simulated time); 0 = none. Records "
+        "`stragglers` and `sim_time`",
+    )
+    late: str = knob(
+        "drop",
+        "a client that misses the deadline: `drop` (recorded in `excluded`) or `partial` "
+        "(sends the `floor(deadline × speed)` steps it managed)",
+    )
+    min_rank: int = knob(
+        0,
+        'clients of lower rank are left out of every round (the "drop the weak clients" baseline)',
+    )
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = 1  # evaluate the global model every k rounds (and always at the last)
-    per_client: bool = False  # also evaluate on every client's held-out split
-    initial: bool = False  # also evaluate before round 1 (recorded as round 0)
-    batch_size: int = 256
+    every: int = knob(1, "evaluate the global model every k rounds (and at the last round)")
+    per_client: bool = knob(
+        False, "also evaluate on every client's held-out split: mean and worst-10%"
+    )
+    initial: bool = knob(
+        False, "also evaluate before round 1, recorded as round 0 (the untouched model)"
+    )
+    batch_size: int = knob(
+        256, "evaluation batch size (batches sorted by length, under `inference_mode`)"
+    )
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = 1  # write an atomic checkpoint every k rounds (0 = never)
+    every: int = knob(1, "write an atomic checkpoint every k rounds; 0 = never")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    name: str = ""  # run folder name under output_dir; empty = derived from the config
-    seed: int = 0
-    rounds: int = 8
-    output_dir: str = "runs"
-    backend: str = "simulation"
-    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    client: ClientConfig = field(default_factory=ClientConfig)
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    compression: CompressionConfig = field(default_factory=CompressionConfig)
-    system: SystemConfig = field(default_factory=SystemConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    dpsgd: DPSGDConfig = field(default_factory=DPSGDConfig)
-    secagg: SecAggConfig = field(default_factory=SecAggConfig)
-    robust: RobustConfig = field(default_factory=RobustConfig)
-    attack: AttackConfig = field(default_factory=AttackConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    remote: RemoteConfig = field(default_factory=RemoteConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    name: str = knob(
+        "",
+        "run folder name under `output_dir`; empty = "
+        "`<dataset>-<model>-<adapter>-<strategy>-<partition>-s<seed>`",
+    )
+    seed: int = knob(
+        0,
+        "seeds everything: partition, model init, cohorts, batches; same seed → same "
+        "metrics on CPU",
+    )
+    rounds: int = knob(8, "federated rounds")
+    output_dir: str = knob("runs", "parent folder of run folders")
+    backend: str = knob(
+        "simulation",
+        "the transport that carries the clients: `simulation` (in process, one client after "
+        "another), `ray` (Ray actors, each holding one backbone; see [docs/ray.md](docs/ray.md)) "
+        "or `remote` (clients in other processes over gRPC, as `fedfm serve` runs it)",
+    )
+    device: str = knob(
+        "auto",
+        "where the shared model computes: `auto` (CUDA if torch sees it, else CPU), `cpu`, "
+        "`cuda`, `cuda:N`; params travel as CPU tensors either way",
+    )
+    data: DataConfig = knob(
+        DataConfig, "the dataset and how it is split into clients", factory=True
+    )
+    model: ModelConfig = knob(ModelConfig, "the backbone", factory=True)
+    adapter: AdapterConfig = knob(AdapterConfig, "which parameters train and travel", factory=True)
+    client: ClientConfig = knob(ClientConfig, "local training on each client", factory=True)
+    strategy: StrategyConfig = knob(
+        StrategyConfig, "the federated algorithm: cohorts and the server's step", factory=True
+    )
+    compression: CompressionConfig = knob(
+        CompressionConfig, "compression of client uploads", factory=True
+    )
+    system: SystemConfig = knob(
+        SystemConfig,
+        "resource profiles: what each simulated client can do (drawn per client, seeded)",
+        factory=True,
+    )
+    privacy: PrivacyConfig = knob(
+        PrivacyConfig, "client-level differential privacy (DP-FedAvg)", factory=True
+    )
+    dpsgd: DPSGDConfig = knob(
+        DPSGDConfig, "sample-level differential privacy (DP-SGD, Opacus)", factory=True
+    )
+    secagg: SecAggConfig = knob(
+        SecAggConfig, "secure aggregation: the server learns only the sum", factory=True
+    )
+    robust: RobustConfig = knob(RobustConfig, "Byzantine-robust aggregation", factory=True)
+    attack: AttackConfig = knob(AttackConfig, "simulated malicious clients", factory=True)
+    synthetic: SyntheticConfig = knob(
+        SyntheticConfig, "labelled examples written by a generative FM", factory=True
+    )
+    remote: RemoteConfig = knob(
+        RemoteConfig, "`fedfm serve`: remote clients over gRPC", factory=True
+    )
+    ray: RayConfig = knob(RayConfig, '`backend = "ray"`: clients train on Ray actors', factory=True)
+    eval: EvalConfig = knob(EvalConfig, "evaluation of the global model", factory=True)
+    checkpoint: CheckpointConfig = knob(
+        CheckpointConfig, "checkpoints to resume a run from", factory=True
+    )
 
     def __post_init__(self) -> None:
         problems = _range_problems(self)
@@ -374,7 +714,6 @@ _STRICTLY_POSITIVE_FLOATS = {
 }
 _UNIT_INTERVAL = {"strategy.beta1", "strategy.beta2", "strategy.server_momentum"}
 _CHOICES = {
-    "backend": ("simulation", "ray"),
     "adapter.method": ("lora", "ia3", "bitfit", "head", "full"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "data.task": ("auto", "classification", "causal_lm"),
@@ -435,27 +774,6 @@ def _range_problems(cfg: RunConfig) -> list[str]:
     if not 0 < flat["compression.fraction"] <= 1:
         value = flat["compression.fraction"]
         problems.append(f"compression.fraction = {value!r} must be in (0, 1]")
-    ranks, rank = flat["system.ranks"], flat["adapter.rank"]
-    if ranks and flat["adapter.method"] != "lora":
-        problems.append(
-            f"system.ranks = {list(ranks)} gives clients LoRA ranks, but adapter.method = "
-            f"{flat['adapter.method']!r}: set adapter.method = 'lora' or system.ranks = []"
-        )
-    if any(not 1 <= r <= rank for r in ranks):
-        problems.append(
-            f"system.ranks = {list(ranks)} must lie in [1, adapter.rank = {rank}]: the model "
-            "holds adapter.rank components and a client trains the first r of them"
-        )
-    if ranks and flat["adapter.freeze_a"]:
-        problems.append(
-            "system.ranks with adapter.freeze_a = true: a frozen A keeps every component "
-            "live, so a client cannot train only its first r; drop one of the two"
-        )
-    for key in ("system.layers", "system.steps"):
-        if any(v < 1 for v in flat[key]):
-            problems.append(f"{key} = {list(flat[key])} must all be >= 1")
-    if any(not v > 0 for v in flat["system.speeds"]):
-        problems.append(f"system.speeds = {list(flat['system.speeds'])} must all be > 0")
     if flat["model.dtype"] == "float16" and flat["adapter.method"] in ("bitfit", "full"):
         problems.append(
             f"model.dtype = 'float16' with adapter.method = {flat['adapter.method']!r} trains "
@@ -488,8 +806,9 @@ def _range_problems(cfg: RunConfig) -> list[str]:
             "data.num_clients = 0 means one client per group, which only data.partition = "
             "'natural' has: set data.num_clients >= 1"
         )
-    problems.extend(_privacy_problems(flat))
-    problems.extend(_synthetic_problems(flat))
+    from fedfm.features import config_problems  # noqa: PLC0415 (features read this module)
+
+    problems.extend(config_problems(flat))  # each optional feature's own rules
     problems.extend(_data_file_problems(flat))
     if flat["client.epochs"] == 0 and flat["client.steps"] == 0:
         problems.append("client.epochs and client.steps are both 0: set one of them >= 1")
@@ -513,94 +832,6 @@ def _data_file_problems(flat: dict[str, Any]) -> list[str]:
                 problems.append(
                     f"data.{key} and data.{other} both name column {column!r}: give each its own"
                 )
-    return problems
-
-
-def _privacy_problems(flat: dict[str, Any]) -> list[str]:
-    """Settings of privacy, secure aggregation, robustness and attacks that cannot combine."""
-    problems = []
-    noise, robust = flat["privacy.noise"], flat["robust.aggregator"]
-    if (
-        noise != "none"
-        and not flat["privacy.noise_multiplier"]
-        and not flat["privacy.target_epsilon"]
-    ):
-        problems.append(
-            f"privacy.noise = {noise!r} needs privacy.noise_multiplier > 0 or "
-            "privacy.target_epsilon > 0 (the noise is derived from the budget)"
-        )
-    if not 0 <= flat["robust.trim"] < 0.5:
-        problems.append(f"robust.trim = {flat['robust.trim']!r} must be in [0, 0.5)")
-    if noise != "none" and robust != "mean":
-        problems.append(
-            f"privacy.noise = {noise!r} with robust.aggregator = {robust!r}: the accountant's "
-            "guarantee is for a noised sum of clipped updates; use robust.norm_bound instead"
-        )
-    if flat["secagg.enabled"] and robust != "mean":
-        problems.append(
-            f"secagg.enabled = true with robust.aggregator = {robust!r}: the server sees only "
-            "the sum, so it cannot take a median or pick updates; set robust.aggregator = 'mean'"
-        )
-    if flat["secagg.enabled"] and flat["compression.method"] != "none":
-        problems.append(
-            f"secagg.enabled = true with compression.method = {flat['compression.method']!r}: "
-            "masked vectors are dense ring elements; set compression.method = 'none'"
-        )
-    if flat["secagg.enabled"] and flat["robust.norm_bound"] > 0:
-        problems.append(
-            "secagg.enabled = true with robust.norm_bound > 0: the server cannot see an "
-            "update's norm; bound it on the client with privacy.clip (privacy.noise) instead"
-        )
-    noised = noise != "none" or flat["secagg.enabled"] or robust != "mean"
-    if noised and flat["strategy.name"] in ("flora", "scaffold", "local", "centralized"):
-        problems.append(
-            f"strategy.name = {flat['strategy.name']!r} aggregates more than the mean delta, so "
-            "privacy.noise, secagg and robust.aggregator do not apply to it: use fedavg, "
-            "fedprox, fedavgm, fedadam, fedyogi or fedadagrad"
-        )
-    if flat["attack.kind"] != "none" and flat["attack.fraction"] == 0:
-        problems.append(
-            f"attack.kind = {flat['attack.kind']!r} with attack.fraction = 0 attacks nobody: "
-            "set attack.fraction in (0, 1)"
-        )
-    if flat["dpsgd.enabled"] and flat["dpsgd.noise_multiplier"] == 0:
-        problems.append("dpsgd.enabled = true needs dpsgd.noise_multiplier > 0")
-    if flat["dpsgd.enabled"] and flat["strategy.name"] in ("fedprox", "scaffold"):
-        problems.append(
-            f"dpsgd.enabled = true with strategy.name = {flat['strategy.name']!r}: its local "
-            "loss term or gradient correction is not per-example, so DP-SGD would ignore it; "
-            "use fedavg or a server optimiser (fedadam, fedyogi, ...)"
-        )
-    if flat["dpsgd.enabled"] and flat["system.layers"]:
-        problems.append(
-            "dpsgd.enabled = true with system.layers: clients that freeze layers are not "
-            "supported under DP-SGD yet; set system.layers = []"
-        )
-    return problems
-
-
-def _synthetic_problems(flat: dict[str, Any]) -> list[str]:
-    problems = []
-    unit = ("synthetic.top_p", "synthetic.near_duplicate", "synthetic.contamination_similarity")
-    for key in unit:
-        if not 0 < flat[key] <= 1:
-            problems.append(f"{key} = {flat[key]!r} must be in (0, 1]")
-    if not 0 <= flat["synthetic.min_confidence"] < 1:
-        value = flat["synthetic.min_confidence"]
-        problems.append(f"synthetic.min_confidence = {value!r} must be in [0, 1)")
-    if flat["synthetic.min_words"] > flat["synthetic.max_words"]:
-        problems.append(
-            f"synthetic.min_words = {flat['synthetic.min_words']} is above synthetic.max_words "
-            f"= {flat['synthetic.max_words']}: no text could pass the length filter"
-        )
-    mode = flat["synthetic.mode"]
-    if mode != "none" and flat["attack.kind"] in ("label_flip", "backdoor"):
-        problems.append(
-            f"synthetic.mode = {mode!r} with attack.kind = {flat['attack.kind']!r}: poisoned "
-            "copies of a mixed real and synthetic pool are not supported; drop one of the two"
-        )
-    if mode == "client_mix" and flat["synthetic.ratio"] == 0:
-        problems.append("synthetic.mode = 'client_mix' with synthetic.ratio = 0 adds nothing")
     return problems
 
 

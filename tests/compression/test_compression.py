@@ -15,9 +15,9 @@ from fedfm.compression.quantize import (
     quantize_params,
 )
 from fedfm.compression.sparsify import densify_params, kept, sparsify_params, topk
-from fedfm.compression.stage import Compress
 from fedfm.config import CompressionConfig
 from fedfm.models.params import payload_bytes, serialize
+from fedfm.update.compress import Compress
 
 
 def _gen(seed=0):

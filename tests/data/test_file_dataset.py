@@ -15,8 +15,8 @@ from fedfm.data.federation import build_federation, subsample, take
 from fedfm.data.file_dataset import read_file_dataset
 from fedfm.data.load import load_data
 from fedfm.data.texts import TextColumn
+from fedfm.datasets import load_dataset, split_indices
 from fedfm.errors import ConfigError
-from fedfm.resources.datasets import load_dataset, split_indices
 
 ROWS = [  # text, label, shop, split
     ("the soup was great", "pos", "north", "train"),

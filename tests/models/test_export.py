@@ -21,10 +21,10 @@ from safetensors.torch import load_file
 from fedfm.cli import main
 from fedfm.config import load_config
 from fedfm.data.federation import subsample
+from fedfm.datasets import load_dataset
 from fedfm.errors import ParamsMismatchError
 from fedfm.models.export import load_adapter_folder
 from fedfm.models.params import load_params_file, save_params_file
-from fedfm.resources.datasets import load_dataset
 from fedfm.resources.models import MLPClassifier
 from fedfm.runtime.run import execute, prepare_run_dir
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from fedfm.datasets import DATASETS, load_dataset, split_indices
+from fedfm.datasets.shakespeare import parse_play
 from fedfm.errors import ConfigError, ResourceMissingError
-from fedfm.resources.datasets import DATASETS, load_dataset, parse_play, split_indices
 from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION, Dataset
 
 

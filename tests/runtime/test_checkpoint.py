@@ -45,8 +45,7 @@ def _checkpoint() -> Checkpoint:
         rng=rng_state(),
         personal={2: {"head": torch.randn(2).to(torch.bfloat16)}},
         pipeline_states={1: {"residual": torch.randn(5)}},
-        privacy_state={"clip": 0.123456789012345},
-        dpsgd_steps={5: 12, 0: 3},
+        features={"client_dp": {"clip": 0.123456789012345}, "dpsgd": {"steps": [[5, 12], [0, 3]]}},
     )
 
 
@@ -74,8 +73,7 @@ def test_round_trip_is_exact_and_keeps_orders(tmp_path):
         "backbone",
         "personal",
         "pipeline_states",
-        "privacy_state",
-        "dpsgd_steps",
+        "features",
     ):
         assert _same(getattr(ckpt, name), getattr(back, name)), name
     assert torch.equal(back.rng["torch"], ckpt.rng["torch"])

@@ -10,12 +10,13 @@ from safetensors.torch import load_file
 
 from fedfm.config import load_config
 from fedfm.errors import ConfigError
+from fedfm.features.client_dp import LEDGER_FILE
 from fedfm.privacy.accountant import epsilon
 from fedfm.report.metrics import read_records
-from fedfm.runtime import simulation
 from fedfm.runtime.job import build_job
-from fedfm.runtime.run import LEDGER_FILE, execute, prepare_run_dir
+from fedfm.runtime.run import execute, prepare_run_dir
 from fedfm.runtime.simulation import RoundState, run_round
+from fedfm.runtime.transports import in_process
 
 FAST = [
     "data.dataset=digits",
@@ -220,7 +221,7 @@ def test_norm_bounding_limits_a_scaling_attack(tmp_path):
 
 def test_a_malformed_update_is_rejected_and_recorded(tmp_path, monkeypatch):
     job = build_job(_cfg(tmp_path))
-    real = simulation.fit_client
+    real = in_process.fit_client
 
     def bad_shape(job, client, *args, **kwargs):
         outcome = real(job, client, *args, **kwargs)
@@ -229,7 +230,7 @@ def test_a_malformed_update_is_rejected_and_recorded(tmp_path, monkeypatch):
             outcome.update.delta[name] = torch.zeros(3)
         return outcome
 
-    monkeypatch.setattr(simulation, "fit_client", bad_shape)
+    monkeypatch.setattr(in_process, "fit_client", bad_shape)
     record = run_round(job, RoundState(round=0, global_params=job.initial_params))
     odd = [c for c in record["cohort"] if c % 2]
     assert [e["client"] for e in record["excluded"]] == odd
@@ -262,13 +263,15 @@ def test_backdoor_clients_teach_the_trigger_and_its_success_is_reported(tmp_path
     ]
     cfg = load_config(None, [*TEXT, f"output_dir={tmp_path}", "name=attacked", *attack])
     job = build_job(cfg)
-    assert job.poison_offset == 240 and len(job.train) == 480
-    assert set(job.backdoor_test.labels.tolist()) == {2}
-    assert len(job.backdoor_test) == int((job.dataset.test.labels != 2).sum())
-    attacker = job.federation[min(job.malicious)]
-    assert (job.client_indices(attacker) >= 240).any()
-    honest = job.federation[min(set(range(4)) - job.malicious)]
-    assert (job.client_indices(honest) == honest.train).all()
+    attacks = job.feature("attacks")
+    assert attacks.poison_offset == 240 and len(job.train) == 480
+    assert set(attacks.backdoor_test.labels.tolist()) == {2}
+    assert len(attacks.backdoor_test) == int((job.dataset.test.labels != 2).sum())
+    indices = job.client_context().indices
+    attacker = job.federation[min(attacks.malicious)]
+    assert (indices(attacker) >= 240).any()
+    honest = job.federation[min(set(range(4)) - attacks.malicious)]
+    assert (indices(honest) == honest.train).all()
 
     attacked, run_dir = _run(cfg)
     clean_cfg = load_config(

@@ -79,8 +79,8 @@ def test_ray_gives_the_in_process_metrics_and_params(tmp_path, local_ray, kind):
 def test_dead_workers_are_replaced_and_their_clients_dealt_again(tmp_path, local_ray):
     import ray as ray_
 
-    from fedfm.runtime.ray_backend import WorkerPool
-    from fedfm.runtime.simulation import run_round
+    from fedfm.runtime.simulation import Transport
+    from fedfm.runtime.transports.ray import WorkerPool
 
     pools = []
 
@@ -89,20 +89,18 @@ def test_dead_workers_are_replaced_and_their_clients_dealt_again(tmp_path, local
         pool = WorkerPool(job, console)
         pools.append((pool, [a._actor_id for a in pool.actors]))
 
-        def run(job, state, *, on_client=None):
-            round_ = state.round + 1
-            if round_ == 3:  # a worker found dead when the round begins
-                ray_.kill(pool.actors[1])
-            victims = [pool.actors[0]] if round_ == 2 else []
-
-            def after_a_client(client_id):  # round 2: a worker dies while it trains a client
-                while victims:
-                    ray_.kill(victims.pop())
-
-            return run_round(job, state, on_client=after_a_client, fit=pool.fit)
+        class Dying(Transport):
+            def fit(self, job, state, plan, clients):
+                if plan.round == 3:  # a worker found dead when the round begins
+                    ray_.kill(pool.actors[1])
+                victims = [pool.actors[0]] if plan.round == 2 else []
+                for fitted in pool.fit(job, state, plan, clients):
+                    yield fitted
+                    while victims:  # round 2: a worker dies while it trains a client
+                        ray_.kill(victims.pop())
 
         try:
-            yield run
+            yield Dying()
         finally:
             pool.close()
 
@@ -126,14 +124,14 @@ def test_dead_workers_are_replaced_and_their_clients_dealt_again(tmp_path, local
     assert all(torch.equal(ray[2][k], local[2][k]) for k in local[2])
 
 
-def test_the_client_context_carries_the_clip_norm_and_the_backbone_delta(tmp_path):
+def test_the_broadcast_carries_the_clip_norm_and_the_backbone_delta(tmp_path):
     overrides = [*FAST, *STATEFUL["adaptive-dp"]]
     server, worker = (build_job(load_config(None, overrides)) for _ in range(2))
     name, weight = next(iter(server.model.named_parameters()))
     server.dp.clip = 0.123
     server.strategy.backbone_delta = lambda: {name: torch.ones_like(weight)}
     before = dict(worker.model.named_parameters())[name].detach().clone()
-    worker.adopt_context(server.client_context())
+    worker.adopt_broadcast(server.broadcast())
     assert worker.dp.clip == 0.123
     after = dict(worker.model.named_parameters())[name]
     assert torch.equal(after, before + worker.lora_scale * torch.ones_like(before))

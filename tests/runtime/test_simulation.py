@@ -7,10 +7,10 @@ from safetensors.torch import load_file
 from fedfm.config import load_config
 from fedfm.models.params import payload_bytes
 from fedfm.report.metrics import read_records
-from fedfm.runtime import simulation
 from fedfm.runtime.job import build_job
 from fedfm.runtime.run import execute, prepare_run_dir, resume_config
 from fedfm.runtime.simulation import RoundState, run_round
+from fedfm.runtime.transports import in_process
 
 FAST = [
     "data.dataset=digits",
@@ -58,7 +58,7 @@ def test_non_finite_update_is_excluded_and_round_goes_on(tmp_path, monkeypatch):
     state = RoundState(round=0, global_params=job.initial_params)
     cohort = job.strategy.select(1, len(job.federation), seed=job.cfg.seed)
     poisoned = cohort[1]
-    real_fit = simulation.fit_client
+    real_fit = in_process.fit_client
 
     def fit(job, client, *args, **kwargs):
         outcome = real_fit(job, client, *args, **kwargs)
@@ -66,7 +66,7 @@ def test_non_finite_update_is_excluded_and_round_goes_on(tmp_path, monkeypatch):
             outcome.update.delta[next(iter(outcome.update.delta))][0] = float("nan")
         return outcome
 
-    monkeypatch.setattr(simulation, "fit_client", fit)
+    monkeypatch.setattr(in_process, "fit_client", fit)
     record = run_round(job, state)
     assert [e["client"] for e in record["excluded"]] == [poisoned]
     assert "non-finite" in record["excluded"][0]["reason"]
@@ -79,7 +79,7 @@ def test_non_finite_update_is_excluded_and_round_goes_on(tmp_path, monkeypatch):
 def test_failing_client_is_recorded_not_raised(tmp_path, monkeypatch):
     job = build_job(_cfg(tmp_path, "strategy.clients_per_round=3"))
     state = RoundState(round=0, global_params=job.initial_params)
-    real_fit = simulation.fit_client
+    real_fit = in_process.fit_client
     victim = job.strategy.select(1, len(job.federation), seed=0)[0]
 
     def fit(job, client, *args, **kwargs):
@@ -87,7 +87,7 @@ def test_failing_client_is_recorded_not_raised(tmp_path, monkeypatch):
             raise RuntimeError("out of memory on this client")
         return real_fit(job, client, *args, **kwargs)
 
-    monkeypatch.setattr(simulation, "fit_client", fit)
+    monkeypatch.setattr(in_process, "fit_client", fit)
     record = run_round(job, state)
     assert record["excluded"] == [
         {"client": victim, "reason": "RuntimeError: out of memory on this client"}

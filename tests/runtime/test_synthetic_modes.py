@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedfm.config import load_config
-from fedfm.resources.datasets import load_dataset
+from fedfm.datasets import load_dataset
 from fedfm.runtime.job import build_job
 from fedfm.runtime.run import execute, prepare_run_dir
 from fedfm.synthetic.dataset import write_set
@@ -50,8 +50,8 @@ def test_client_mix_adds_synthetic_examples_to_every_client(tmp_path, synthetic_
     for before, after in zip(plain.federation, job.federation, strict=True):
         extra = after.train[before.num_examples :]
         assert len(extra) == round(0.5 * before.num_examples) and (extra >= real).all()
-    assert job.synthetic["synthetic_mode"] == "client_mix"
-    assert job.synthetic["synthetic_examples"] == 30
+    assert job.feature("synthetic").info["synthetic_mode"] == "client_mix"
+    assert job.feature("synthetic").info["synthetic_examples"] == 30
 
 
 def test_synthetic_only_clients_train_on_synthetic_examples_alone(tmp_path, synthetic_file):
@@ -67,8 +67,8 @@ def test_server_warmup_trains_the_start_on_the_synthetic_set(tmp_path, synthetic
     job = _job(
         tmp_path, synthetic_file, "synthetic.mode=server_warmup", "synthetic.warmup_epochs=2"
     )
-    assert job.synthetic["warmup_steps"] == 2 * math.ceil(30 / 8)
-    assert job.synthetic["warmup_examples"] == 30
+    assert job.feature("synthetic").info["warmup_steps"] == 2 * math.ceil(30 / 8)
+    assert job.feature("synthetic").info["warmup_examples"] == 30
     moved = [
         k
         for k in plain.initial_params

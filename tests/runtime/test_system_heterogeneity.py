@@ -6,17 +6,13 @@ import torch
 
 from fedfm.config import SystemConfig, load_config
 from fedfm.errors import ConfigError
+from fedfm.models.layers import frozen_below, layer_index
 from fedfm.models.lora import lora_bytes_at_rank, lora_pairs, pad_rank
 from fedfm.models.params import payload_bytes
-from fedfm.runtime import simulation
 from fedfm.runtime.job import build_job
-from fedfm.runtime.profiles import (
-    frozen_below,
-    layer_index,
-    sample_profiles,
-    steps_within_deadline,
-)
+from fedfm.runtime.profiles import sample_profiles, steps_within_deadline
 from fedfm.runtime.simulation import RoundState, run_round
+from fedfm.runtime.transports import in_process
 
 LORA = [
     "data.dataset=digits",
@@ -37,14 +33,14 @@ def _job(tmp_path, *extra):
 
 def _spy(monkeypatch):
     seen = {}
-    real_fit = simulation.fit_client
+    real_fit = in_process.fit_client
 
     def fit(job, client, global_params, payload, state, round_, **kw):
         outcome = real_fit(job, client, global_params, payload, state, round_, **kw)
         seen[client.id] = (kw, outcome.update)
         return outcome
 
-    monkeypatch.setattr(simulation, "fit_client", fit)
+    monkeypatch.setattr(in_process, "fit_client", fit)
     return seen
 
 
@@ -71,13 +67,13 @@ def test_low_rank_clients_train_and_send_only_their_components(tmp_path, monkeyp
     pair = lora_pairs(job.initial_params)[0]
     expected_up = 0
     for cid, (kw, update) in seen.items():
-        rank = job.profiles[cid].rank
+        rank = job.feature("system").profiles[cid].rank
         assert kw["rank"] == (rank if rank < 8 else 0)
         assert update.delta[pair.a][rank:].abs().sum() == 0  # nothing beyond its rank
         assert update.delta[pair.b][:, rank:].abs().sum() == 0
         assert update.delta[pair.b][:, :rank].abs().sum() > 0
         expected_up += payload_bytes(lora_bytes_at_rank(update.delta, rank))
-    assert {job.profiles[c].rank for c in seen} == {2, 4, 8}
+    assert {job.feature("system").profiles[c].rank for c in seen} == {2, 4, 8}
     assert record["bytes_up"] == expected_up
     assert record["bytes_down"] == expected_up  # the same truncation travels down
 
@@ -108,7 +104,7 @@ def test_flexlora_is_the_svd_of_the_mean_of_truncated_client_products(tmp_path, 
 
 def test_min_rank_leaves_weak_clients_out(tmp_path):
     job = _job(tmp_path, "system.ranks=[2, 8]", "system.min_rank=8")
-    weak = {c for c, p in enumerate(job.profiles) if p.rank < 8}
+    weak = {c for c, p in enumerate(job.feature("system").profiles) if p.rank < 8}
     assert weak and len(weak) < 8
     record = run_round(job, RoundState(round=0, global_params=job.initial_params))
     assert {e["client"] for e in record["excluded"]} == weak
@@ -127,7 +123,7 @@ def test_deadline_drops_or_cuts_short_the_slow_clients(tmp_path, monkeypatch, la
     )
     seen = _spy(monkeypatch)
     record = run_round(job, RoundState(round=0, global_params=job.initial_params))
-    slow = {c for c, p in enumerate(job.profiles) if p.speed == 0.25}
+    slow = {c for c, p in enumerate(job.feature("system").profiles) if p.speed == 0.25}
     assert slow and set(record["stragglers"]) == slow
     for cid in slow:
         if late == "drop":
@@ -144,8 +140,8 @@ def test_profile_steps_set_each_clients_local_work(tmp_path, monkeypatch):
     seen = _spy(monkeypatch)
     run_round(job, RoundState(round=0, global_params=job.initial_params))
     for cid, (kw, update) in seen.items():
-        assert update.metrics["steps"] == job.profiles[cid].steps == kw["steps"]
-    assert {job.profiles[c].steps for c in seen} == {1, 3}
+        assert update.metrics["steps"] == job.feature("system").profiles[cid].steps == kw["steps"]
+    assert {job.feature("system").profiles[c].steps for c in seen} == {1, 3}
 
 
 def test_cut_and_padded_ranks_round_trip():
@@ -211,7 +207,7 @@ def test_clients_that_train_only_the_top_layers_send_only_those(tmp_path, monkey
     job = build_job(cfg)
     seen = _spy(monkeypatch)
     record = run_round(job, RoundState(round=0, global_params=job.initial_params))
-    layers = {c: job.profiles[c].layers for c in seen}
+    layers = {c: job.feature("system").profiles[c].layers for c in seen}
     assert set(layers.values()) == {2, 6}
     for cid, (kw, update) in seen.items():
         assert kw["layers"] == layers[cid]

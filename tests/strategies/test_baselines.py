@@ -8,11 +8,11 @@ from rich.console import Console
 from fedfm.config import StrategyConfig, load_config
 from fedfm.data.federation import ClientData, Federation
 from fedfm.report.metrics import read_records
-from fedfm.runtime import simulation
 from fedfm.runtime.checkpoint import load_checkpoint
 from fedfm.runtime.job import build_job
 from fedfm.runtime.run import execute, prepare_run_dir, resume_config
 from fedfm.runtime.simulation import RoundState, evaluate_clients, run_round
+from fedfm.runtime.transports import in_process
 from fedfm.strategies import STRATEGIES, Update
 from fedfm.strategies.baselines import Centralized, LocalOnly
 
@@ -71,7 +71,7 @@ def test_local_aggregate_returns_global_unchanged():
         Update(0, {"w": torch.tensor([5.0, 5.0]), "b": torch.tensor(1.0)}, 10),
         Update(1, {"w": torch.tensor([-3.0, 1.0]), "b": torch.tensor(-2.0)}, 3),
     ]
-    out = s.aggregate(1, g, updates)
+    out = s.aggregate(1, g, updates[0].delta, updates)
     assert _equal(out, before)
     assert _equal(g, before)  # not mutated either
 
@@ -163,7 +163,7 @@ def test_local_round_two_starts_from_each_clients_round_one_params(tmp_path, mon
     starts: dict[tuple[int, int], dict] = {}
     current = {"round": 1, "client": -1}
     deltas: dict[tuple[int, int], dict] = {}
-    real_start, real_fit = job.strategy.client_start, simulation.fit_client
+    real_start, real_fit = job.strategy.client_start, in_process.fit_client
 
     def fit(job, client, global_params, payload, state, round_, **kwargs):
         current.update(round=round_, client=client.id)
@@ -176,7 +176,7 @@ def test_local_round_two_starts_from_each_clients_round_one_params(tmp_path, mon
         starts[(current["round"], current["client"])] = _clone(out)
         return out
 
-    monkeypatch.setattr(simulation, "fit_client", fit)
+    monkeypatch.setattr(in_process, "fit_client", fit)
     monkeypatch.setattr(job.strategy, "client_start", client_start)
 
     run_round(job, state)
@@ -225,14 +225,14 @@ def test_centralized_trains_one_pooled_update_per_round(tmp_path, monkeypatch):
     job = build_job(_cfg(tmp_path, "strategy.name=centralized", "strategy.fraction=0.5"))
     total = sum(c.num_examples for c in job.federation.clients)
     seen = []
-    real_fit = simulation.fit_client
+    real_fit = in_process.fit_client
 
     def fit(job, client, *args, **kwargs):
         outcome = real_fit(job, client, *args, **kwargs)
         seen.append((client.id, client.name, outcome.update.num_examples))
         return outcome
 
-    monkeypatch.setattr(simulation, "fit_client", fit)
+    monkeypatch.setattr(in_process, "fit_client", fit)
     state = RoundState(round=0, global_params=job.initial_params)
     for round_ in (1, 2):
         record = run_round(job, state)

@@ -7,10 +7,10 @@ import torch
 from fedfm.config import load_config
 from fedfm.errors import ConfigError
 from fedfm.models.lora import lora_pairs
-from fedfm.runtime import simulation
 from fedfm.runtime.job import build_job
 from fedfm.runtime.run import MERGED_FILE
 from fedfm.runtime.simulation import RoundState, run_round
+from fedfm.runtime.transports import in_process
 
 LORA = [
     "data.dataset=digits",
@@ -45,7 +45,7 @@ def _round_with_client_weights(job, monkeypatch):
     """Run one round; return the mean of the clients' effective weights and the new global's."""
     state = RoundState(round=0, global_params=job.initial_params)
     seen = []
-    real_fit = simulation.fit_client
+    real_fit = in_process.fit_client
 
     def fit(job, client, global_params, payload, st, round_, **kwargs):
         outcome = real_fit(job, client, global_params, payload, st, round_, **kwargs)
@@ -53,7 +53,7 @@ def _round_with_client_weights(job, monkeypatch):
         seen.append((_effective(job, trained), outcome.update.num_examples))
         return outcome
 
-    monkeypatch.setattr(simulation, "fit_client", fit)
+    monkeypatch.setattr(in_process, "fit_client", fit)
     record = run_round(job, state)
     total = sum(n for _, n in seen)
     client_mean = sum(w * n for w, n in seen) / total

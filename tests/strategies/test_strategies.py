@@ -7,6 +7,7 @@ from fedfm.config import ClientConfig, StrategyConfig
 from fedfm.models.params import get_params, set_params
 from fedfm.strategies import STRATEGIES, Update
 from fedfm.tasks import Task
+from fedfm.update.chain import Chain
 
 
 def _updates(*values, weights=None):
@@ -18,9 +19,14 @@ def _updates(*values, weights=None):
     ]
 
 
+def _step(strategy, round_, params, updates):
+    """One server step as a round takes it: the update chain's mean (no stage), then aggregate."""
+    return strategy.aggregate(round_, params, Chain().reduce(round_, updates).mean, updates)
+
+
 def test_fedavg_is_example_weighted():
     s = STRATEGIES.get("fedavg")(StrategyConfig())
-    out = s.aggregate(1, {"w": torch.tensor([1.0])}, _updates([1.0], [4.0], weights=[3, 1]))
+    out = _step(s, 1, {"w": torch.tensor([1.0])}, _updates([1.0], [4.0], weights=[3, 1]))
     torch.testing.assert_close(out["w"], torch.tensor([2.75]))
 
 
@@ -29,7 +35,7 @@ def test_fedadam_one_step_matches_hand_computation():
     s = STRATEGIES.get("fedadam")(cfg)
     x = {"w": torch.tensor([1.0, -2.0])}
     s.initialize(x)
-    out = s.aggregate(1, x, _updates([0.5, 0.0], [1.5, 1.0]))
+    out = _step(s, 1, x, _updates([0.5, 0.0], [1.5, 1.0]))
     delta = torch.tensor([1.0, 0.5])  # the mean client delta
     m = 0.1 * delta
     v = 0.99 * 1e-6 + 0.01 * delta**2
@@ -42,7 +48,7 @@ def test_fedyogi_and_fedadagrad_second_moments():
     for name, expected in (("fedadagrad", 1e-6 + 4.0), ("fedyogi", 1e-6 + 0.01 * 4.0)):
         s = STRATEGIES.get(name)(StrategyConfig(tau=1e-3, beta2=0.99))
         s.initialize(x)
-        s.aggregate(1, x, _updates([2.0]))
+        _step(s, 1, x, _updates([2.0]))
         torch.testing.assert_close(s.state_dict()["v"]["w"], torch.tensor([expected]))
 
 
@@ -50,8 +56,8 @@ def test_fedavgm_accumulates_momentum():
     s = STRATEGIES.get("fedavgm")(StrategyConfig(server_lr=1.0, server_momentum=0.5))
     x = {"w": torch.tensor([0.0])}
     s.initialize(x)
-    x1 = s.aggregate(1, x, _updates([1.0]))  # m = 1
-    x2 = s.aggregate(2, x1, _updates([0.0]))  # delta = 0, m = 0.5
+    x1 = _step(s, 1, x, _updates([1.0]))  # m = 1
+    x2 = _step(s, 2, x1, _updates([0.0]))  # delta = 0, m = 0.5
     torch.testing.assert_close(x1["w"], torch.tensor([1.0]))
     torch.testing.assert_close(x2["w"], torch.tensor([1.5]))
 
@@ -108,7 +114,7 @@ def _federate(strategy_name, rounds=150, mu=0.0):
                 x, res.params, payload, states.get(i, {}), steps=res.steps, lr=cfg.lr
             )
             updates.append(Update(i, {"w": res.params["w"] - x["w"]}, 1, extras=extras))
-        x = strategy.aggregate(r, x, updates)
+        x = _step(strategy, r, x, updates)
     return x["w"]
 
 

@@ -1,7 +1,7 @@
 import pytest
 
+from fedfm.datasets import load_dataset
 from fedfm.errors import ConfigError
-from fedfm.resources.datasets import load_dataset
 from fedfm.synthetic.contamination import nearest_similarity, shares_ngram
 from fedfm.synthetic.embed import Encoder
 from fedfm.synthetic.prompts import DESCRIPTIONS, EXAMPLES, clean_text, label_spec

@@ -3,7 +3,7 @@
 The wire form of a tensor is its kept values (in their dtype) and their flat positions
 (int32), so its serialised size is exact; the rest are zero at the server. Used with error
 feedback (Stich et al., 2018; Karimireddy et al., 2019), what is not sent is carried to the
-client's next update instead of being lost (see :mod:`fedfm.compression.stage`).
+client's next update instead of being lost (see :mod:`fedfm.update.compress`).
 """
 
 from __future__ import annotations

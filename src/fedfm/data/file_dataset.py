@@ -4,7 +4,7 @@ The ``data.*_column`` keys name the columns (see ``DataConfig``): a text (and op
 second text, for pairs), a label (class names or integer ids), an optional group (the
 ``natural`` partition's client id) and an optional split (``train``/``test``). Without a
 split column (or a ``DatasetDict``'s own ``test``), a seeded test set is held out exactly as
-for the registry's datasets (:func:`~fedfm.resources.datasets.split_indices`, fixed
+for the registry's datasets (:func:`~fedfm.datasets.split_indices`, fixed
 ``SPLIT_SEED``), stratified by label and, if there is one, by group.
 
 ``data.task = "auto"`` reads a file with a label column as classification, a file without
@@ -34,8 +34,8 @@ from fedfm.config import DataConfig
 from fedfm.data.columns import check_text, group_ids, label_ids, test_mask
 from fedfm.data.source import Table, open_table
 from fedfm.data.texts import TextColumn
+from fedfm.datasets import split_indices
 from fedfm.errors import ConfigError, closest
-from fedfm.resources.datasets import split_indices
 from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION, Dataset, Split
 
 DEFAULT_LABEL_COLUMN = "label"

@@ -12,8 +12,8 @@ from dataclasses import replace
 
 from fedfm.config import DataConfig, RunConfig
 from fedfm.data.source import ACCEPTED, looks_like_path
+from fedfm.datasets import DATASETS, load_dataset
 from fedfm.errors import ConfigError, closest
-from fedfm.resources.datasets import DATASETS, load_dataset
 from fedfm.resources.types import Dataset
 
 

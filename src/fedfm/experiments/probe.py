@@ -15,17 +15,18 @@ from typing import Any
 
 def _probe(overrides: list[str]) -> dict[str, Any]:
     from fedfm.analysis.memory import peak_rss_during
+    from fedfm.client.state import ClientState
     from fedfm.config import load_config
     from fedfm.models.params import num_params
     from fedfm.runtime.job import build_job
-    from fedfm.runtime.simulation import RoundState, fit_client
+    from fedfm.runtime.transports.in_process import fit_client
 
     job = build_job(load_config(None, overrides))
     client = job.federation[0]
 
     def train(round_: int) -> float:
         start = time.perf_counter()
-        fit_client(job, client, job.initial_params, {}, RoundState(0, job.initial_params), round_)
+        fit_client(job, client, job.initial_params, {}, ClientState(), round_)
         return time.perf_counter() - start
 
     _, peak = peak_rss_during(lambda: train(1))  # the first pass: every buffer is new

@@ -44,7 +44,7 @@ from fedfm.io import atomic_write_json
 from fedfm.models.lora import factorize
 from fedfm.models.params import Params
 from fedfm.resources.types import CAUSAL_LM
-from fedfm.runtime.finished import ADAPTER_DIR, MODEL_DIR, check_can_export
+from fedfm.run_files import ADAPTER_DIR, MODEL_DIR, check_can_export
 
 LABELS_FILE = "labels.json"  # class names in id order
 PEFT_METHODS = ("lora", "ia3")

@@ -1,12 +1,13 @@
 """Client-level differential privacy: DP-FedAvg (McMahan et al., ICLR 2018) with optional
 adaptive clipping (Andrew et al., NeurIPS 2021).
 
-Client half (the :class:`ClipStage` of the update pipeline): scale the update to L2 norm
-``<= C``, report whether it was already inside (the unclipped bit) and, with distributed
-noise, add this client's share of the noise. Server half (:meth:`ClientDP.noised_mean`): the
-*unweighted* sum of the clipped updates (an example-weighted mean would let one client's
-weight break the sensitivity bound) plus the central noise, over the fixed cohort size; then
-the adaptive clip norm moves toward the target quantile of update norms.
+Both halves are the :class:`ClipStage` of the update chain. Client half: scale the update to
+L2 norm ``<= C``, report whether it was already inside (the unclipped bit) and, with
+distributed noise, add this client's share of the noise. Server half (``finish``, through
+:meth:`ClientDP.noised_mean`): the *unweighted* sum of the clipped updates (an
+example-weighted mean would let one client's weight break the sensitivity bound), which the
+chain's reduction provides, plus the central noise, over the fixed cohort size; then the
+adaptive clip norm moves toward the target quantile of update norms.
 
 The accountant sees one subsampled Gaussian mechanism per round with multiplier ``z`` at
 sample rate ``cohort / clients``. With adaptive clipping the update's noise is raised so
@@ -16,15 +17,12 @@ the full amount when every cohort member reports: a dropped client's share is mi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from fedfm.config import PrivacyConfig
 from fedfm.models.params import Params
-from fedfm.pipeline import Stage
 from fedfm.privacy.accountant import Budget, plan_budget
-from fedfm.privacy.clipping import clip_update, l2_norm, next_clip, split_noise_multiplier
+from fedfm.privacy.clipping import next_clip, split_noise_multiplier
 from fedfm.privacy.noise import add_gaussian_noise
 
 UNCLIPPED = "unclipped"
@@ -56,9 +54,6 @@ class ClientDP:
     def distributed(self) -> bool:
         return self.cfg.noise == "distributed"
 
-    def stage(self) -> ClipStage:
-        return ClipStage(self)
-
     def noised_mean(
         self, total: Params, unclipped: float, generator: torch.Generator
     ) -> tuple[Params, dict[str, float]]:
@@ -87,39 +82,3 @@ class ClientDP:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.clip = float(state["clip"])
-
-
-@dataclass
-class ClipStage(Stage):
-    """Client half of client-level DP: clip, then (distributed noise) add this client's share.
-
-    Example:
-        >>> from fedfm.config import PrivacyConfig
-        >>> dp = ClientDP(PrivacyConfig(noise="central", noise_multiplier=1.0, clip=1.0),
-        ...               cohort=5, num_clients=50, rounds=3)
-        >>> wire, _ = dp.stage().encode({"w": torch.tensor([3.0, 4.0])}, {}, torch.Generator())
-        >>> wire["w"]
-        tensor([0.6000, 0.8000])
-    """
-
-    dp: ClientDP
-    name = "dp"
-
-    def signals(self, delta: Params, generator: torch.Generator) -> dict[str, float]:
-        bit = 1.0 if l2_norm(delta) <= self.dp.clip else 0.0
-        if self.dp.distributed and self.dp.cfg.adaptive_clip:
-            share = self.dp.count_stddev / self.dp.cohort**0.5
-            bit += float(torch.randn((), generator=generator)) * share
-        return {UNCLIPPED: bit}
-
-    def encode(
-        self, delta: Params, state: Params, generator: torch.Generator
-    ) -> tuple[Params, Params]:
-        clipped, _ = clip_update(delta, self.dp.clip)
-        if self.dp.distributed:  # cohort shares of variance (z C)^2 / m sum to (z C)^2
-            std = self.dp.update_multiplier * self.dp.clip / self.dp.cohort**0.5
-            clipped = add_gaussian_noise(clipped, std, generator)
-        return clipped, {}
-
-    def decode(self, wire: Params, like: Params) -> Params:
-        return wire

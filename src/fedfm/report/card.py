@@ -17,7 +17,7 @@ from fedfm.io import atomic_write_text
 from fedfm.models.export import ADAPTER_DIR, LABELS_FILE, MODEL_DIR, Export
 from fedfm.report.compare import MISSING, format_metric, format_seconds, markdown_table
 from fedfm.report.plots import format_mb
-from fedfm.runtime.finished import MERGED_FILE
+from fedfm.run_files import MERGED_FILE
 
 _FRONT_MATTER = "---\ntags:\n- fedfm\n- federated-learning\n- peft\n---\n\n"
 

@@ -48,7 +48,7 @@ from fedfm.runtime.run_folder import (
     run_id,
 )
 
-FORMAT = "fedfm-checkpoint/1"
+FORMAT = "fedfm-checkpoint/2"  # 2: optional features keep their own state
 MANIFEST_KEY = "fedfm_checkpoint"  # the manifest (JSON) in the safetensors metadata
 CHECKSUM_KEY = "fedfm_sha256"
 TORCH_RNG = "rng/torch"
@@ -72,8 +72,8 @@ class Checkpoint:
     rng: dict[str, Any]
     personal: dict[int, Params] = field(default_factory=dict)
     pipeline_states: dict[int, Params] = field(default_factory=dict)
-    privacy_state: dict[str, float] = field(default_factory=dict)  # the adaptive clip norm
-    dpsgd_steps: dict[int, int] = field(default_factory=dict)  # DP-SGD steps per client
+    # each active feature's own state, JSON (the adaptive clip norm, DP-SGD steps per client)
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # fingerprint read back (see below)
 
 
@@ -130,8 +130,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint, *, cfg: RunConfig) -> Path:
         "run_id": run_id(run_dir),
         "config": config_fingerprint(cfg),
         # [key, value] pairs: the manifest's keys are sorted, these dicts keep their order
-        "privacy_state": list(ckpt.privacy_state.items()),
-        "dpsgd_steps": list(ckpt.dpsgd_steps.items()),
+        "features": [[name, list(state.items())] for name, state in ckpt.features.items()],
         "rng": {"numpy": ckpt.rng["numpy"], "python": ckpt.rng["python"]},
         "groups": groups,
         "tensors": list(tensors),
@@ -307,7 +306,6 @@ def _unflatten(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Ch
         rng={"torch": tensors[TORCH_RNG], "numpy": numpy_state, "python": python_state},
         personal=by_id("personal"),
         pipeline_states=by_id("pipeline"),
-        privacy_state={str(k): float(v) for k, v in manifest["privacy_state"]},
-        dpsgd_steps={int(k): int(v) for k, v in manifest["dpsgd_steps"]},
+        features={str(name): dict(state) for name, state in manifest["features"]},
         config=dict(manifest["config"]),
     )

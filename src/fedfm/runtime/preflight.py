@@ -31,7 +31,9 @@ def preflight(cfg: RunConfig, *, run_dir: Path) -> None:
         cfg: the config about to run.
         run_dir: the run folder it will write (made or resumed).
     """
-    problems = [p for p in (writable_problem(run_dir), _dataset_problem(cfg)) if p]
+    problems = [
+        p for p in (writable_problem(run_dir), _dataset_problem(cfg), _backend_problem(cfg)) if p
+    ]
     problems += _partition_problems(cfg) + _file_problems(cfg) + _privacy_problems(cfg)
     if not problems:  # only now the registries that import torch and transformers
         problems += _model_and_strategy_problems(cfg)
@@ -47,7 +49,7 @@ def _listed(problems: list[str]) -> str:
 
 def _dataset_problem(cfg: RunConfig) -> str | None:
     from fedfm.data.source import ACCEPTED, looks_like_path
-    from fedfm.resources.datasets import DATASETS
+    from fedfm.datasets import DATASETS
 
     name = cfg.data.dataset
     if name in DATASETS:
@@ -105,17 +107,32 @@ def _privacy_problems(cfg: RunConfig) -> list[str]:
     ]
 
 
+def _backend_problem(cfg: RunConfig) -> str | None:
+    from fedfm.runtime.transports import TRANSPORTS  # light: transports load when opened
+
+    if cfg.backend in TRANSPORTS:
+        return None
+    try:
+        TRANSPORTS.get(cfg.backend, field="backend")
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
 def _model_and_strategy_problems(cfg: RunConfig) -> list[str]:
     from fedfm.models.source import check_model_name
     from fedfm.strategies import STRATEGIES
+    from fedfm.update.compat import compatibility_problems
 
     problems = []
-    for check in (
-        lambda: check_model_name(cfg.model),
-        lambda: STRATEGIES.get(cfg.strategy.name, field="strategy.name"),
-    ):
-        try:
-            check()
-        except ConfigError as err:
-            problems.append(str(err))
+    try:
+        check_model_name(cfg.model)
+    except ConfigError as err:
+        problems.append(str(err))
+    try:
+        strategy = STRATEGIES.get(cfg.strategy.name, field="strategy.name")
+    except ConfigError as err:
+        problems.append(str(err))
+    else:  # what the update chain's stages can serve, read from its capabilities
+        problems += compatibility_problems(cfg, strategy)
     return problems

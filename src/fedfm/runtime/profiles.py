@@ -11,7 +11,6 @@ steps it managed (``floor(deadline * s)``; none at all is a drop).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,32 +45,6 @@ def sample_profiles(num_clients: int, cfg: SystemConfig, *, seed: int) -> list[R
         ResourceProfile(int(r), float(s), int(n), int(k))
         for r, s, n, k in zip(ranks, speeds, layers, steps, strict=True)
     ]
-
-
-_LAYER = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
-
-
-def layer_index(name: str) -> int | None:
-    """The transformer layer a tensor belongs to (``...encoder.layer.3.attention...`` → 3).
-
-    Example:
-        >>> layer_index("bert.encoder.layer.3.attention.self.query.lora_A.default.weight")
-        3
-        >>> layer_index("classifier.weight") is None
-        True
-    """
-    match = _LAYER.search(name)
-    return int(match.group(1)) if match else None
-
-
-def frozen_below(names: list[str], layers: int) -> frozenset[str]:
-    """The tensors of every layer but the top ``layers`` (the head and any tensor outside
-    the layer stack always train); empty when ``layers`` is 0 or covers them all."""
-    indices = [i for n in names if (i := layer_index(n)) is not None]
-    if not layers or not indices:
-        return frozenset()
-    first = max(indices) + 1 - layers
-    return frozenset(n for n in names if (i := layer_index(n)) is not None and i < first)
 
 
 def steps_within_deadline(steps: int, speed: float, cfg: SystemConfig) -> int:

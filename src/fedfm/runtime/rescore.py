@@ -33,7 +33,7 @@ from fedfm.models.export import read_labels
 from fedfm.models.params import load_params_file
 from fedfm.resources.models import load_model
 from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION, Dataset, Split
-from fedfm.runtime.finished import MERGED_FILE, PARAMS_FILE, check_can_score
+from fedfm.run_files import MERGED_FILE, PARAMS_FILE, check_can_score
 from fedfm.runtime.job import resolve_device
 from fedfm.runtime.run_folder import CONFIG_FILE
 from fedfm.tasks import TASKS

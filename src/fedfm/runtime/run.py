@@ -10,25 +10,24 @@ and a model card.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedfm import run_files
+from fedfm.client.fit import with_personal
 from fedfm.config import RunConfig, to_toml
 from fedfm.errors import FedFMError
+from fedfm.features import each
 from fedfm.io import atomic_write_json
 from fedfm.models.export import Export, export_run
 from fedfm.models.params import Params, num_params, save_params_file, set_params
 from fedfm.report.card import write_model_card
 from fedfm.report.metrics import MetricsLog, read_records
 from fedfm.report.plots import plot_curves
-from fedfm.runtime import finished
 from fedfm.runtime.checkpoint import (
     Checkpoint,
     check_config,
@@ -45,18 +44,8 @@ from fedfm.runtime.run_folder import (  # noqa: F401 (prepare_run_dir, resume_co
     prepare_run_dir,
     resume_config,
 )
-from fedfm.runtime.simulation import (
-    RoundRunner,
-    RoundState,
-    initial_record,
-    run_round,
-    with_personal,
-)
-
-LEDGER_FILE = "privacy_ledger.jsonl"  # epsilon spent after every round (client-level DP)
-
-
-Backend = Callable[[Job, Path, Console], AbstractContextManager[RoundRunner]]
+from fedfm.runtime.simulation import RoundState, initial_record, run_round
+from fedfm.runtime.transports import TRANSPORTS, Opener
 
 
 def _mb(n: float) -> str:
@@ -123,12 +112,10 @@ def _restore(job: Job, ckpt: Checkpoint, run_dir: Path, log: MetricsLog) -> Roun
             f"backbone {job.backbone}: resume with the run's own config.toml"
         )
     job.strategy.load_state_dict(ckpt.strategy_state)
-    if job.dp is not None and ckpt.privacy_state:
-        job.dp.load_state_dict(ckpt.privacy_state)
+    for feature in job.features:
+        feature.load_state_dict(ckpt.features.get(feature.name, {}))
     restore_rng(ckpt.rng)
     log.truncate_after(ckpt.round)
-    if (run_dir / LEDGER_FILE).exists():
-        MetricsLog(run_dir / LEDGER_FILE).truncate_after(ckpt.round)
     records = read_records(run_dir / METRICS_FILE)
     last = records[-1] if records else {}
     return RoundState(
@@ -137,7 +124,6 @@ def _restore(job: Job, ckpt: Checkpoint, run_dir: Path, log: MetricsLog) -> Roun
         client_states=ckpt.client_states,
         personal=ckpt.personal,
         pipeline_states=ckpt.pipeline_states,
-        dpsgd_steps=ckpt.dpsgd_steps,
         cum_bytes=last.get("cum_bytes", 0),
         full_model_cum_bytes=last.get("full_model_cum_bytes", 0),
     )
@@ -155,8 +141,7 @@ def _checkpoint(job: Job, run_dir: Path, state: RoundState) -> None:
             rng=rng_state(),
             personal=state.personal,
             pipeline_states=state.pipeline_states,
-            privacy_state=job.dp.state_dict() if job.dp is not None else {},
-            dpsgd_steps=state.dpsgd_steps,
+            features={f.name: f.state_dict() for f in job.features if f.state_dict()},
         ),
         cfg=job.cfg,
     )
@@ -196,48 +181,11 @@ def _summary(
         "total_params": job.total_params,
         "backbone_hash": job.backbone,
         "excluded_updates": sum(len(r["excluded"]) for r in records),
-        **_privacy_summary(job, records),
-        **job.synthetic,
+        **each(job.features, lambda f: f.summary(job, records)),
     }
 
 
-def _privacy_summary(job: Job, records: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if job.cfg.dpsgd.enabled and records:
-        out["dpsgd_epsilon_max"] = records[-1].get("dpsgd_epsilon_max")
-        out["dpsgd_delta"] = job.cfg.dpsgd.delta
-    if job.dp is None:
-        return out
-    budget = job.dp.budget
-    return {
-        **out,
-        "epsilon": records[-1].get("epsilon") if records else 0.0,
-        "delta": budget.delta,
-        "noise_multiplier": budget.noise_multiplier,
-        "sample_rate": budget.sample_rate,
-        "accountant": budget.kind,
-        "stopped_by_budget": job.rounds < job.cfg.rounds,
-    }
-
-
-def ledger_entry(job: Job, record: dict[str, Any]) -> dict[str, Any]:
-    """One line of the privacy ledger: what the round spent and under which mechanism."""
-    assert job.dp is not None
-    budget = job.dp.budget
-    return {
-        "round": record["round"],
-        "epsilon": record["epsilon"],
-        "delta": budget.delta,
-        "noise_multiplier": budget.noise_multiplier,
-        "sample_rate": budget.sample_rate,
-        "clip": record.get("dp_clip"),
-        "noise": job.cfg.privacy.noise,
-        "accountant": budget.kind,
-        "target_epsilon": job.cfg.privacy.target_epsilon,
-    }
-
-
-MERGED_FILE = finished.MERGED_FILE  # dense additions to frozen weights (flora, reproject off)
+MERGED_FILE = run_files.MERGED_FILE  # dense additions to frozen weights (flora, reproject off)
 
 
 def _finish(
@@ -265,7 +213,7 @@ def _finish(
             )
     else:
         save_params_file(
-            run_dir / finished.PARAMS_FILE, state.global_params, backbone=job.backbone, **meta
+            run_dir / run_files.PARAMS_FILE, state.global_params, backbone=job.backbone, **meta
         )
     merged = job.strategy.backbone_delta()
     if merged:  # FLoRA without re-projection: the model is the frozen weights plus these
@@ -298,30 +246,11 @@ def _export(job: Job, params: Params, run_dir: Path) -> Export:
     )
 
 
-def execute(
-    cfg: RunConfig,
-    *,
-    run_dir: Path,
-    resume: bool = False,
-    console: Console | None = None,
-    stop_after: int | None = None,
-    backend: Backend | None = None,
-    plot: bool = True,
-) -> dict[str, Any]:
-    """Run (or resume) the federated job of ``cfg`` in ``run_dir``; return the summary.
-
-    Args:
-        stop_after: stop after this round without finishing (to test resume after a crash).
-        backend: ``(job, run_dir, console) -> context manager`` that yields what runs a
-            round (``fedfm serve``'s remote clients); by default ``cfg.backend``'s: the
-            in-process simulator or Ray actors.
-        plot: draw the run's ``curves.png`` (about 1.5 s of matplotlib; experiments' quick
-            versions skip it).
-    """
-    console = console or Console()
-    started = time.perf_counter()
-    ckpt = _load_for_resume(cfg, run_dir) if resume else None  # a bad one fails before loading
-    console.print(f"[bold]fedfm[/] run [cyan]{cfg.run_name}[/] → {run_dir}", soft_wrap=True)
+def _begin(
+    cfg: RunConfig, run_dir: Path, ckpt: Checkpoint | None, console: Console
+) -> tuple[Job, RoundState, MetricsLog]:
+    """Build the job, restore a checkpoint's state (or start at round 0), start the
+    features, say what runs, and log round 0 when ``eval.initial`` asks for it."""
     synthetic = None
     if cfg.synthetic.mode != "none":  # outside the status line: generation shows a progress bar
         from fedfm.synthetic.build import synthesize
@@ -329,14 +258,7 @@ def execute(
         synthetic = synthesize(cfg, console=console)
     with console.status("loading data and model ..."):
         job = build_job(cfg, synthetic=synthetic)
-    if "warmup_seconds" in job.synthetic:
-        info = job.synthetic
-        console.print(
-            f"server warm-up: {info['warmup_steps']} steps on {info['warmup_examples']} synthetic "
-            f"examples in {info['warmup_seconds']:.1f} s (loss {info['warmup_loss']:.3f})"
-        )
     log = MetricsLog(run_dir / METRICS_FILE)
-    ledger = MetricsLog(run_dir / LEDGER_FILE) if job.dp is not None else None
     if ckpt is not None:
         state = _restore(job, ckpt, run_dir, log)
         console.print(f"resumed after round {state.round}")
@@ -348,55 +270,73 @@ def execute(
         f" of {job.total_params:,} params · backbone {job.backbone} · {cfg.strategy.name}",
         soft_wrap=True,
     )
-    if job.dp is not None:
-        budget = job.dp.budget
-        target = cfg.privacy.target_epsilon
-        console.print(
-            f"client-level DP ({cfg.privacy.noise} noise): noise multiplier "
-            f"{budget.noise_multiplier:.4g}, sample rate {budget.sample_rate:.3g}, epsilon "
-            f"{budget.epsilon(job.rounds):.3g} after {job.rounds} rounds at delta {budget.delta:g}"
-            + (f" (budget {target:g})" if target else ""),
-            soft_wrap=True,
-        )
-        if job.rounds < cfg.rounds:
-            console.print(
-                f"[yellow]the privacy budget allows {job.rounds} of {cfg.rounds} rounds: the run "
-                "stops there (privacy.over_budget = 'stop')[/]"
-            )
+    for feature in job.features:  # e.g. the DP budget, a server warm-up
+        feature.start(job, run_dir, state.round)
+        for line in feature.banner(job):
+            console.print(line, soft_wrap=True)
     if cfg.eval.initial and state.round == 0:
         with console.status("evaluating the initial model ..."):
             record = initial_record(job, state)
         log.append(record)
         print_round(console, record, cfg.rounds)
-    cohort = job.strategy.cohort_size(len(job.federation))
-    if backend is None and cfg.backend == "ray":
-        from fedfm.runtime.ray_backend import ray_backend  # imports Ray only when asked
+    return job, state, log
 
-        backend = ray_backend
-    runner_cm = backend(job, run_dir, console) if backend else contextlib.nullcontext(run_round)
-    with (
-        runner_cm as round_runner,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress,
-    ):
+
+def _bars(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def execute(
+    cfg: RunConfig,
+    *,
+    run_dir: Path,
+    resume: bool = False,
+    console: Console | None = None,
+    stop_after: int | None = None,
+    backend: str | Opener | None = None,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the federated job of ``cfg`` in ``run_dir``; return the summary.
+
+    Args:
+        stop_after: stop after this round without finishing (to test resume after a crash).
+        backend: the transport that carries the clients: a name from
+            :data:`~fedfm.runtime.transports.TRANSPORTS` (``fedfm serve`` asks for
+            ``"remote"``) or an opener ``(job, run_dir, console) -> context manager``
+            yielding a :class:`~fedfm.runtime.simulation.Transport`; by default
+            ``cfg.backend``'s.
+        plot: draw the run's ``curves.png`` (about 1.5 s of matplotlib; experiments' quick
+            versions skip it).
+    """
+    console = console or Console()
+    started = time.perf_counter()
+    backend = backend or cfg.backend
+    opener = TRANSPORTS.get(backend, field="backend") if isinstance(backend, str) else backend
+    ckpt = _load_for_resume(cfg, run_dir) if resume else None  # a bad one fails before loading
+    console.print(f"[bold]fedfm[/] run [cyan]{cfg.run_name}[/] → {run_dir}", soft_wrap=True)
+    job, state, log = _begin(cfg, run_dir, ckpt, console)
+    cohort = job.strategy.cohort_size(len(job.federation))
+    with opener(job, run_dir, console) as transport, _bars(console) as progress:
         rounds_bar = progress.add_task("rounds", total=job.rounds, completed=state.round)
         clients_bar = progress.add_task("clients", total=cohort)
         while state.round < job.rounds:
             progress.reset(clients_bar, total=cohort)
-            record = round_runner(job, state, on_client=lambda _: progress.advance(clients_bar))
+            record = run_round(
+                job, state, on_client=lambda _: progress.advance(clients_bar), transport=transport
+            )
             log.append(record)
-            if ledger is not None:
-                ledger.append(ledger_entry(job, record))
+            for feature in job.features:  # e.g. the privacy ledger's line
+                feature.after_round(job, record)
             print_round(console, record, cfg.rounds)
-            if cfg.checkpoint.every and (
-                state.round % cfg.checkpoint.every == 0 or state.round == job.rounds
-            ):
+            every = cfg.checkpoint.every
+            if every and (state.round % every == 0 or state.round == job.rounds):
                 _checkpoint(job, run_dir, state)
             progress.advance(rounds_bar)
             if stop_after is not None and state.round >= stop_after:

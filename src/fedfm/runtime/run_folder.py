@@ -33,13 +33,14 @@ from typing import Literal
 from fedfm.config import RunConfig, load_config, to_toml
 from fedfm.errors import ConfigError, FedFMError
 from fedfm.io import atomic_write_text
-
-CONFIG_FILE = "config.toml"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_FILE = "checkpoint.safetensors"
-OLD_CHECKPOINT_FILE = "checkpoint.pt"  # fedfm before the safetensors checkpoints (pickle)
-RUN_ID_FILE = "run_id"
+from fedfm.run_files import (  # noqa: F401 (the run folder's names, public here too)
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    OLD_CHECKPOINT_FILE,
+    RUN_ID_FILE,
+    SUMMARY_FILE,
+)
 
 FolderState = Literal["absent", "empty", "foreign", "not_started", "checkpointed", "unresumable"]
 

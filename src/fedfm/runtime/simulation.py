@@ -1,14 +1,14 @@
-"""In-process simulation: every client of a round runs in turn on the one shared model.
+"""The round driver: the server's half of a round, whichever transport carries the clients.
 
 A round, as one readable template:
 
-1. select a cohort (seeded by round);
+1. select a cohort (seeded by round) and plan each member's work (:func:`plan_round`);
 2. send the global params and the strategy's payload (bytes down counted);
-3. each client: swap its params in (plus the tensors it keeps to itself, ``strategy.personal``),
-   train locally with the strategy's hooks, pass its delta through the update pipeline
-   (compression) and return the update (bytes up counted: the pipeline's wire form); a
-   client that fails or returns NaN/Inf is recorded and excluded;
-4. aggregate the valid updates into new global params;
+3. the transport trains the cohort (in process, on Ray actors, or remote clients over gRPC:
+   :mod:`fedfm.runtime.transports`) and hands back each client's upload, decoded once by
+   :func:`decode_upload`, or the reason it has none; a client that fails or returns NaN/Inf
+   is recorded and excluded (:func:`receive`);
+4. aggregate the valid updates into new global params (:func:`finish_round`);
 5. evaluate on the global test set (and optionally on every client's held-out split).
 
 The reference strategies bend the template without a second loop: ``centralized`` trains
@@ -21,56 +21,53 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from fedfm.attacks import MODEL_ATTACKS, poison_delta
-from fedfm.client.trainer import train_locally
+from fedfm.client.fit import Upload, with_personal
+from fedfm.client.state import ClientState
 from fedfm.data.batching import Encoded, batches
 from fedfm.data.federation import ClientData
 from fedfm.errors import FedFMError
-from fedfm.models.lora import lora_bytes_at_rank, pad_rank, truncate_rank
+from fedfm.features import each
+from fedfm.models.layers import frozen_below
+from fedfm.models.lora import lora_bytes_at_rank, pad_rank
 from fedfm.models.params import Params, payload_bytes, set_params
 from fedfm.privacy.clipping import l2_norm
-from fedfm.privacy.dpsgd import client_epsilon
 from fedfm.runtime.job import Job
-from fedfm.runtime.profiles import frozen_below, steps_within_deadline
-from fedfm.strategies.aggregate import mean_pairwise_cosine, mismatches, non_finite, subtract
+from fedfm.strategies.aggregate import mean_pairwise_cosine, mismatches, non_finite
 from fedfm.strategies.base import Update
-from fedfm.strategies.reducer import Reducer
-from fedfm.tasks import BalancedLoss, Task
-
-
-def client_seed(seed: int, round_: int, client_id: int, stream: int = 0) -> int:
-    """A seed that is a pure function of (run seed, round, client, stream).
-
-    Stream 0 seeds torch (dropout); stream ``1 + epoch`` shuffles that epoch's batches.
-    """
-    return int(np.random.default_rng([seed, round_, client_id, stream]).integers(2**31 - 1))
 
 
 @dataclass
 class RoundState:
-    """What the server carries from round to round."""
+    """What the server carries from round to round (every simulated client's states too)."""
 
     round: int
     global_params: Params
     client_states: dict[int, Params] = field(default_factory=dict)  # the strategy's
     personal: dict[int, Params] = field(default_factory=dict)  # strategy.personal tensors
     pipeline_states: dict[int, Params] = field(default_factory=dict)  # e.g. error feedback
-    dpsgd_steps: dict[int, int] = field(default_factory=dict)  # DP-SGD steps taken per client
     cum_bytes: int = 0
     full_model_cum_bytes: int = 0
 
-    def keep(self, client_id: int, outcome: ClientOutcome) -> None:
+    def client(self, client_id: int) -> ClientState:
+        """The states ``client_id`` left after the last round it took part in."""
+        return ClientState(
+            self.client_states.get(client_id, {}),
+            self.personal.get(client_id, {}),
+            self.pipeline_states.get(client_id, {}),
+        )
+
+    def keep(self, client_id: int, kept: ClientState) -> None:
         """Store the states ``client_id`` keeps until it is next selected (empty ones are not)."""
         for store, value in (
-            (self.client_states, outcome.state),
-            (self.personal, outcome.personal),
-            (self.pipeline_states, outcome.pipeline_state),
+            (self.client_states, kept.strategy),
+            (self.personal, kept.personal),
+            (self.pipeline_states, kept.pipeline),
         ):
             if value:
                 store[client_id] = value
@@ -78,124 +75,38 @@ class RoundState:
 
 @dataclass
 class ClientOutcome:
-    """One client's round: its update and the states it keeps until it is next selected."""
+    """One client's round as the server takes it: its decoded update and the states it keeps
+    until it is next selected (empty for a remote client, which keeps its own)."""
 
     update: Update
-    state: Params  # the strategy's client state
-    personal: Params  # the tensors named by strategy.personal
-    pipeline_state: Params
-    wire: Params = field(default_factory=dict)  # what the pipeline sends ({}: no pipeline)
+    state: ClientState = field(default_factory=ClientState)
 
 
-def with_personal(params: Params, personal: Params) -> Params:
-    """``params`` with a client's own tensors in place of the global ones."""
-    return {**params, **personal} if personal else params
+def decode_upload(job: Job, upload: Upload, *, layers: int = 0) -> Update:
+    """The server's half of the update pipeline: an upload's wire form back to a delta over
+    every trainable tensor (the tensors it did not send, personal or frozen by ``layers``,
+    get a zero delta, which leaves them as they were).
 
-
-PIPELINE_STREAM = 2**20  # client_seed stream of the pipeline's randomness (stochastic rounding)
-
-
-def local_task(job: Job, indices: np.ndarray) -> Task:
-    """The task a client trains on: the job's, or with ``client.loss = "balanced"`` its loss
-    balanced for the labels at ``indices`` (:class:`~fedfm.tasks.BalancedLoss`).
-
-    A personalised run (``local``, ``strategy.personal``) trains with the plain loss: each
-    client's model, or its own tensors, serves that client's own labels, prior included.
+    Raises:
+        IndexError, RuntimeError: a wire form that does not decode (e.g. a top-k position
+            out of range); the caller records it as that client's failure.
     """
-    plain = job.cfg.client.loss != "balanced" or job.strategy.personalized
-    if plain or job.train.labels is None:
-        return job.task
-    counts = np.bincount(job.train.labels[indices], minlength=job.task.num_labels)
-    return BalancedLoss(job.task, counts)
-
-
-def fit_client(
-    job: Job,
-    client: ClientData,
-    global_params: Params,
-    payload: Params,
-    state: RoundState,
-    round_: int,
-    *,
-    rank: int = 0,
-    steps: int = 0,
-    layers: int = 0,
-) -> ClientOutcome:
-    """Run one client's local training and its half of the update pipeline.
-
-    Args:
-        rank: train only the first ``rank`` LoRA components and send only those (0: all).
-        steps: local steps instead of the ``[client]`` config's (a resource profile's, or
-            what a deadline left); 0: the config's.
-        layers: train only the top ``layers`` transformer layers' tensors (0: all); the
-            others neither change nor travel up.
-    """
-    cfg = job.cfg
-    client_state = state.client_states.get(client.id, {})
-    start = with_personal(
-        job.strategy.client_start(global_params, client_state), state.personal.get(client.id, {})
+    like = job.initial_params
+    frozen = frozen_below(list(like), layers)
+    shared = {k: v for k, v in like.items() if k not in job.personal and k not in frozen}
+    sent = lora_bytes_at_rank(shared, upload.rank) if upload.rank else shared
+    delta = job.pipeline.server(upload.wire, sent) if job.pipeline else upload.wire
+    if upload.rank:
+        delta = pad_rank(delta, shared)
+    return Update(
+        client_id=upload.client_id,
+        delta={k: delta[k] if k in delta else torch.zeros_like(v) for k, v in like.items()},
+        num_examples=upload.num_examples,
+        metrics=upload.metrics,
+        extras=upload.extras,
+        bytes_up=upload.bytes_up,
+        rank=upload.rank,
     )
-    if rank:
-        start = truncate_rank(start, rank)
-    set_params(job.model, start)
-    hooks = job.strategy.client_hooks(global_params, payload, client_state)
-    frozen = frozen_below(list(start), layers)
-    if frozen:
-        hooks = replace(hooks, frozen=frozen)
-    # dropout; the CPU generator alone: torch.manual_seed costs ~200x more per call
-    torch.default_generator.manual_seed(client_seed(cfg.seed, round_, client.id, 0))
-
-    indices = job.client_indices(client)
-
-    def make_batches(epoch: int):  # noqa: ANN202
-        return batches(
-            job.train,
-            indices,
-            batch_size=cfg.client.batch_size,
-            causal_lm=job.causal_lm,
-            seed=client_seed(cfg.seed, round_, client.id, 1 + epoch),
-        )
-
-    client_cfg = replace(cfg.client, steps=steps) if steps else cfg.client
-    result = train_locally(
-        job.model, local_task(job, indices), make_batches, client_cfg, hooks, cfg.dpsgd
-    )
-    extras, new_state = job.strategy.client_finish(
-        global_params, result.params, payload, client_state, steps=result.steps, lr=cfg.client.lr
-    )
-    delta = subtract(result.params, start)
-    personal = {k: result.params[k] for k in job.personal}
-    shared = {k: v for k, v in delta.items() if k not in job.personal and k not in frozen}
-    full_shapes = shared
-    if rank:  # only the client's own components travel
-        shared = lora_bytes_at_rank(shared, rank)
-    generator = torch.Generator().manual_seed(
-        client_seed(cfg.seed, round_, client.id, PIPELINE_STREAM)
-    )
-    if cfg.attack.kind in MODEL_ATTACKS and client.id in job.malicious:
-        shared = poison_delta(shared, cfg.attack, generator)
-    wire: Params = shared
-    pipeline_state: Params = {}
-    signals: dict[str, float] = {}
-    if job.pipeline:
-        wire, pipeline_state, signals = job.pipeline.client(
-            shared, state.pipeline_states.get(client.id, {}), generator
-        )
-        shared = job.pipeline.server(wire, shared)
-    if rank:
-        shared = pad_rank(shared, full_shapes)
-    # personal and frozen tensors do not travel: a zero delta leaves them as they were
-    received = {k: shared[k] if k in shared else torch.zeros_like(v) for k, v in delta.items()}
-    update = Update(
-        client_id=client.id,
-        delta=received,
-        num_examples=client.num_examples,
-        metrics={"train_loss": result.train_loss, "steps": result.steps, **signals},
-        extras=extras,
-        bytes_up=payload_bytes({**wire, **extras}) + 4 * len(signals),
-        rank=rank,
-    )
-    return ClientOutcome(update, new_state, personal, pipeline_state, wire if job.pipeline else {})
 
 
 def evaluate_global(job: Job, params: Params, data: Encoded | None = None) -> dict[str, float]:
@@ -270,9 +181,7 @@ def evaluate_round(job: Job, state: RoundState) -> dict[str, Any]:
         record.update(
             evaluate_clients(job, state.global_params, state.client_states, state.personal)
         )
-    if job.backdoor_test is not None and not job.strategy.personalized:
-        triggered = evaluate_global(job, state.global_params, job.backdoor_test)
-        record["test_attack_success_rate"] = triggered["accuracy"]
+    record.update(each(job.features, lambda f: f.evaluate(job, state)))
     return record
 
 
@@ -320,43 +229,14 @@ class Work:
 
 
 def plan_work(job: Job, client: ClientData) -> Work:
-    """A client's :class:`Work`; the pooled client (centralised reference) has no profile."""
-    client_cfg, system = job.cfg.client, job.cfg.system
-    full = client_cfg.steps or client_cfg.epochs * math.ceil(
-        client.num_examples / client_cfg.batch_size
-    )
-    if client.id >= len(job.profiles):
+    """A client's :class:`Work`: a whole round of local training, or what its resource
+    profile allows ([system]); the pooled client (centralised reference) has no profile."""
+    cfg = job.cfg.client
+    full = cfg.steps or cfg.epochs * math.ceil(client.num_examples / cfg.batch_size)
+    system = job.feature("system")
+    if system is None or client.id >= len(system.profiles):
         return Work(0, full, full, 1.0, 0)
-    profile = job.profiles[client.id]
-    default, full = full, profile.steps or full
-    rank = profile.rank if 0 < profile.rank < job.lora_rank else 0
-    steps = steps_within_deadline(full, profile.speed, system)
-    override = steps if steps != default else 0
-    work = Work(rank, steps, full, profile.speed, profile.layers, override_steps=override)
-    if system.min_rank and (rank or job.lora_rank) < system.min_rank:
-        reason = f"rank {rank} < system.min_rank = {system.min_rank}"
-        return replace(work, left_out=reason, receives=False)
-    if steps == 0:
-        reason = f"straggler: {full} steps at speed {profile.speed} miss the deadline"
-        return replace(work, left_out=f"{reason} of {system.deadline}")
-    return work
-
-
-def worst_dpsgd_epsilon(job: Job, steps: dict[int, int]) -> float:
-    """The largest sample-level epsilon over the clients that have trained so far."""
-    cfg = job.cfg
-    return max(
-        (
-            client_epsilon(
-                cfg.dpsgd,
-                batch_size=cfg.client.batch_size,
-                examples=job.federation[cid].num_examples,
-                steps=n,
-            )
-            for cid, n in steps.items()
-        ),
-        default=0.0,
-    )
+    return system.work(job, client, full)
 
 
 @dataclass
@@ -420,10 +300,8 @@ def receive(
         intake.excluded.append({"client": client_id, "reason": error or "no update"})
         return
     update = outcome.update
-    if job.cfg.dpsgd.enabled:  # spent on training, whether or not the update is kept
-        state.dpsgd_steps[client_id] = state.dpsgd_steps.get(client_id, 0) + int(
-            update.metrics["steps"]
-        )
+    for feature in job.features:  # e.g. DP-SGD's steps: spent whether or not it is kept
+        feature.received(job, client_id, update)
     wrong = mismatches(update.delta, state.global_params)
     bad = non_finite(update.delta) + non_finite(update.extras) if not wrong else []
     if wrong:
@@ -433,52 +311,30 @@ def receive(
         intake.excluded.append({"client": client_id, "reason": f"non-finite values in {bad[:3]}"})
         return
     intake.updates.append(update)
-    state.keep(client_id, outcome)
+    state.keep(client_id, outcome.state)
 
 
-class RoundRunner(Protocol):
-    """What runs one round: :func:`run_round` in process, or a remote backend's."""
-
-    def __call__(
-        self, job: Job, state: RoundState, *, on_client: Callable[[int], None] | None = None
-    ) -> dict[str, Any]: ...
+Fitted = tuple[ClientOutcome | None, str | None]  # an outcome, or why the client has none
 
 
-Fitted = tuple[ClientOutcome | None, str | None]  # an outcome, or why the client failed
+class Transport:
+    """How a round's clients are reached: the cohort-fitting protocol every backend implements
+    (in process, Ray actors, remote gRPC clients; the registry is
+    :data:`fedfm.runtime.transports.TRANSPORTS`).
 
+    :meth:`fit` trains ``clients`` for round ``plan.round`` and yields one :data:`Fitted` per
+    client, in the order given: its update, decoded once with :func:`decode_upload`, and the
+    states it keeps, or the reason it has none (an error, a dead worker, a missed deadline).
+    """
 
-class CohortFitter(Protocol):
-    """What trains a round's clients: one after the other in process (:func:`fit_in_process`)
-    or spread over workers (the Ray backend). Yields one :data:`Fitted` per client, in order."""
-
-    def __call__(
+    def fit(
         self, job: Job, state: RoundState, plan: RoundPlan, clients: list[ClientData]
-    ) -> Iterator[Fitted]: ...
+    ) -> Iterator[Fitted]:
+        raise NotImplementedError
 
-
-def fit_in_process(
-    job: Job, state: RoundState, plan: RoundPlan, clients: list[ClientData]
-) -> Iterator[Fitted]:
-    """Train ``clients`` one after the other on ``job.model``; a client that fails is
-    reported, not raised."""
-    for client in clients:
-        work = plan.work[client.id]
-        try:
-            outcome = fit_client(
-                job,
-                client,
-                state.global_params,
-                plan.payload,
-                state,
-                plan.round,
-                rank=work.rank,
-                steps=work.override_steps,
-                layers=work.layers,
-            )
-        except (FedFMError, RuntimeError, ValueError, FloatingPointError) as err:
-            yield None, f"{type(err).__name__}: {err}"
-        else:
-            yield outcome, None
+    def record(self) -> dict[str, Any]:
+        """Entries this transport adds to the round's record (remote: who took part)."""
+        return {}
 
 
 def run_round(
@@ -486,14 +342,19 @@ def run_round(
     state: RoundState,
     *,
     on_client: Callable[[int], None] | None = None,
-    fit: CohortFitter = fit_in_process,
+    transport: Transport | None = None,
 ) -> dict[str, Any]:
-    """Run round ``state.round + 1`` in place on ``state``; return its metrics record."""
+    """Run round ``state.round + 1`` in place on ``state`` with ``transport`` (in process by
+    default); return its metrics record."""
+    if transport is None:
+        from fedfm.runtime.transports.in_process import InProcess
+
+        transport = InProcess()
     plan = plan_round(job, state)
     job.apply_backbone_delta()  # after a resume, the frozen weights must carry it again
     intake = RoundIntake()
     trained = [c for c in plan.clients if not plan.work[c.id].left_out]
-    fitted = fit(job, state, plan, trained)  # lazily, in plan order
+    fitted = transport.fit(job, state, plan, trained)  # lazily, in plan order
     for client in plan.clients:
         cid, work = client.id, plan.work[client.id]
         if work.steps < work.full_steps:
@@ -505,7 +366,9 @@ def run_round(
             receive(job, state, intake, cid, *next(fitted))
         if on_client is not None:
             on_client(cid)
-    return finish_round(job, state, plan, intake)
+    record = finish_round(job, state, plan, intake)
+    record.update(transport.record())
+    return record
 
 
 def finish_round(
@@ -516,18 +379,18 @@ def finish_round(
     round_, updates, excluded = plan.round, intake.updates, intake.excluded
     bytes_down = plan.bytes_down
     reduced: dict[str, Any] = {}
+    protocol_up = 0  # what the update chain's reduction cost beyond the updates (secagg)
     if updates:
-        state.global_params = strategy.aggregate(round_, state.global_params, updates)
+        step = job.pipeline.reduce(round_, updates)
+        state.global_params = strategy.aggregate(round_, state.global_params, step.mean, updates)
         job.apply_backbone_delta()
-        if isinstance(strategy.reducer, Reducer):
-            reduced = strategy.reducer.info
-            bytes_down += strategy.reducer.extra_bytes[1]
+        reduced, protocol_up = step.info, step.bytes_up
+        bytes_down += step.bytes_down
     elif round_ == 1:
         raise FedFMError(f"every client of round 1 failed: {excluded}")
     state.round = round_
     bytes_up = sum(u.bytes_up for u in updates) if strategy.communicates else 0
-    if isinstance(strategy.reducer, Reducer) and updates:
-        bytes_up += strategy.reducer.extra_bytes[0]
+    bytes_up += protocol_up
     state.cum_bytes += bytes_down + bytes_up
     if strategy.communicates:
         state.full_model_cum_bytes += 2 * job.full_model_bytes * len(plan.cohort)
@@ -551,16 +414,11 @@ def finish_round(
         "full_model_cum_bytes": state.full_model_cum_bytes,
         "excluded": excluded,
     }
-    if cfg.system.speeds or cfg.system.deadline:
-        record["stragglers"] = intake.stragglers
-        record["sim_time"] = intake.sim_time
-    record.update(reduced)
-    if job.malicious:
-        record["malicious"] = sorted(job.malicious & {c.id for c in plan.clients})
-    if job.dp is not None:
-        record["epsilon"] = job.dp.epsilon(round_)
-    if cfg.dpsgd.enabled:
-        record["dpsgd_epsilon_max"] = worst_dpsgd_epsilon(job, state.dpsgd_steps)
+    early = tuple(f for f in job.features if f.before_reduction)  # the system clock
+    late = tuple(f for f in job.features if not f.before_reduction)
+    record.update(each(early, lambda f: f.round_record(job, state, plan, intake)))
+    record.update(reduced)  # the update chain's: clip norm, Krum's picks, SecAgg's cost
+    record.update(each(late, lambda f: f.round_record(job, state, plan, intake)))
     if updates:  # what clipping and norm bounds act on (after the client's pipeline)
         norms = [l2_norm(u.delta) for u in updates]
         record["update_norm_median"] = float(np.median(norms))

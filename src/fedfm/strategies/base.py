@@ -1,9 +1,11 @@
 """The strategy: a federated algorithm's server half *and* client half in one class.
 
 A round is: ``select`` a cohort → send global params plus ``payload`` → each client runs
-the local trainer with ``client_hooks`` and closes with ``client_finish`` → the server
-``aggregate``s the updates. Strategy state (moments, control variates) lives in the
-strategy and is saved by ``state_dict``.
+the local trainer with ``client_hooks`` and closes with ``client_finish`` → the update chain
+(:mod:`fedfm.update`) reduces the updates to one mean delta → the server ``aggregate``s.
+Strategy state (moments, control variates) lives in the strategy and is saved by
+``state_dict``. What a strategy reads beyond the mean delta it declares (``needs``), so the
+chain's stages are checked against it (:mod:`fedfm.update.compat`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import torch
 from fedfm.config import StrategyConfig
 from fedfm.models.params import Params
 from fedfm.registry import Registry
-from fedfm.strategies.aggregate import weighted_average
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,13 @@ class Strategy(ABC):
 
     Attributes:
         communicates: ``False`` for the no-federation baselines (nothing travels, so no
-            bytes are counted).
+            bytes are counted, and no update stage has anything to act on).
+        needs: what ``aggregate`` reads of the updates besides the reduced mean delta:
+            ``"factors"`` (each client's own LoRA factors, FLoRA) or ``"extras"`` (tensors
+            uploaded beside the update, SCAFFOLD's control variate deltas). Server stages
+            (noise, secure aggregation, robust reduction) cover only the mean delta.
+        local_terms: the client half adds a loss term or gradient correction that is not
+            per-example (FedProx, SCAFFOLD), which DP-SGD cannot cover.
         pooled: the round trains one client that holds every client's training data
             (the centralised ceiling).
         personalized: each client keeps its own params (``personal_params``, or the tensors
@@ -78,6 +85,8 @@ class Strategy(ABC):
 
     name: str = ""
     communicates: bool = True
+    needs: frozenset[str] = frozenset()
+    local_terms: bool = False
     pooled: bool = False
     personalized: bool = False
 
@@ -85,8 +94,6 @@ class Strategy(ABC):
         self.cfg = cfg
         self.num_clients = num_clients  # the federation's size (SCAFFOLD's N)
         self.personalized = type(self).personalized or bool(cfg.personal)
-        # robust, private or secure reduction of the deltas (strategies.reducer.Reducer)
-        self.reducer: Callable[[int, list[Update]], Params] | None = None
 
     # ------------------------------------------------------------------ server half
     def cohort_size(self, num_clients: int) -> int:
@@ -108,12 +115,12 @@ class Strategy(ABC):
         return {}
 
     @abstractmethod
-    def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
-        """New global params from the round's valid updates (at least one)."""
-
-    def reduce(self, round_: int, updates: list[Update]) -> Params:
-        """The cohort's delta: the example-weighted mean, or the configured reducer's."""
-        return self.reducer(round_, updates) if self.reducer is not None else mean_delta(updates)
+    def aggregate(
+        self, round_: int, global_params: Params, mean: Params, updates: list[Update]
+    ) -> Params:
+        """New global params from the round's reduced ``mean`` delta (the update chain's:
+        the example-weighted mean unless a stage changes it) and its valid updates (at least
+        one; read them only for what ``needs`` declares)."""
 
     def backbone_delta(self) -> Params:
         """Dense changes to frozen weights, by name, that every client applies (scaled by the
@@ -160,8 +167,3 @@ class Strategy(ABC):
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
-
-
-def mean_delta(updates: list[Update]) -> Params:
-    """The example-weighted mean of client deltas (FedAvg's step, McMahan et al., 2017)."""
-    return weighted_average([u.delta for u in updates], [u.num_examples for u in updates])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fedfm.models.params import Params
 from fedfm.strategies.aggregate import add
-from fedfm.strategies.base import STRATEGIES, Strategy, Update, mean_delta
+from fedfm.strategies.base import STRATEGIES, Strategy, Update
 
 
 @STRATEGIES.register("local")
@@ -22,7 +22,7 @@ class LocalOnly(Strategy):
         >>> from fedfm.config import StrategyConfig
         >>> s = LocalOnly(StrategyConfig())
         >>> g = {"w": torch.zeros(1)}
-        >>> s.aggregate(1, g, [Update(0, {"w": torch.ones(1)}, 1)]) is g
+        >>> s.aggregate(1, g, {"w": torch.ones(1)}, [Update(0, {"w": torch.ones(1)}, 1)]) is g
         True
     """
 
@@ -48,7 +48,9 @@ class LocalOnly(Strategy):
     ) -> tuple[Params, Params]:
         return {}, new_params
 
-    def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
+    def aggregate(
+        self, round_: int, global_params: Params, mean: Params, updates: list[Update]
+    ) -> Params:
         return global_params
 
 
@@ -66,5 +68,7 @@ class Centralized(Strategy):
     def cohort_size(self, num_clients: int) -> int:
         return 1  # one pooled client trains per round
 
-    def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
-        return add(global_params, mean_delta(updates))
+    def aggregate(
+        self, round_: int, global_params: Params, mean: Params, updates: list[Update]
+    ) -> Params:
+        return add(global_params, mean)

@@ -13,20 +13,24 @@ from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update
 
 @STRATEGIES.register("fedavg")
 class FedAvg(Strategy):
-    """The global params plus the example-weighted mean of the cohort's deltas.
+    """The global params plus the cohort's reduced mean delta (by default the example-weighted
+    mean of the deltas; the update chain may bound, robustly reduce or noise it).
 
     Example:
         >>> from fedfm.config import StrategyConfig
         >>> s = FedAvg(StrategyConfig())
         >>> u = [Update(0, {"w": torch.tensor([1.0])}, 1), Update(1, {"w": torch.tensor([4.0])}, 2)]
-        >>> s.aggregate(1, {"w": torch.tensor([0.0])}, u)["w"]
-        tensor([3.])
+        >>> mean = {"w": torch.tensor([3.0])}  # the round's reduction of u: its weighted mean
+        >>> s.aggregate(1, {"w": torch.tensor([1.0])}, mean, u)["w"]
+        tensor([4.])
     """
 
     name = "fedavg"
 
-    def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
-        return add(global_params, self.reduce(round_, updates))
+    def aggregate(
+        self, round_: int, global_params: Params, mean: Params, updates: list[Update]
+    ) -> Params:
+        return add(global_params, mean)
 
 
 def proximal_term(
@@ -48,6 +52,7 @@ class FedProx(FedAvg):
     """FedAvg plus a proximal term in every client's loss that pulls it toward the global params."""
 
     name = "fedprox"
+    local_terms = True  # the proximal term is not per-example (DP-SGD would miss it)
 
     def client_hooks(
         self, global_params: Params, payload: Params, client_state: Params

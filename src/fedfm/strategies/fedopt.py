@@ -1,7 +1,8 @@
 """Server optimisers on the pseudo-gradient: FedAvgM (Hsu et al., 2019) and FedAdam,
 FedYogi, FedAdagrad (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
 
-With ``delta`` the example-weighted mean of client deltas (``-delta`` is the pseudo-gradient):
+With ``delta`` the round's reduced mean delta (by default the example-weighted mean of client
+deltas; ``-delta`` is the pseudo-gradient):
 
 - FedAvgM:    ``m = beta * m + delta``;  ``x = x + server_lr * m``
 - FedAdagrad: ``v = v + delta^2``
@@ -46,12 +47,13 @@ class FedAvgM(_ServerMomentState):
     name = "fedavgm"
     moments = ("m",)
 
-    def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
+    def aggregate(
+        self, round_: int, global_params: Params, mean: Params, updates: list[Update]
+    ) -> Params:
         beta, lr = self.cfg.server_momentum, self.cfg.server_lr
-        delta = self.reduce(round_, updates)
         m = self.state["m"]
         for k in m:
-            m[k] = beta * m[k] + delta[k]
+            m[k] = beta * m[k] + mean[k]
         return {k: global_params[k] + lr * m[k] for k in global_params}
 
 
@@ -71,12 +73,13 @@ class FedOpt(_ServerMomentState):
     def _second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
+    def aggregate(
+        self, round_: int, global_params: Params, mean: Params, updates: list[Update]
+    ) -> Params:
         b1, lr, tau = self._beta1(), self.cfg.server_lr, self.cfg.tau
-        delta = self.reduce(round_, updates)
         m, v = self.state["m"], self.state["v"]
         new = {}
-        for k, d in delta.items():
+        for k, d in mean.items():
             m[k] = b1 * m[k] + (1 - b1) * d
             v[k] = self._second_moment(v[k], d * d)
             new[k] = global_params[k] + lr * m[k] / (v[k].sqrt() + tau)

@@ -13,7 +13,9 @@ Two ways to carry the exact mean forward (``strategy.reproject``):
   stacked factors of every round it missed (at most the dense merged weights), which is
   what ``extra_down_bytes`` counts.
 
-Non-LoRA trainable tensors (the task head) are averaged as in FedAvg.
+Non-LoRA trainable tensors (the task head) take the round's mean delta as in FedAvg. The
+LoRA factors are read from every client's own update (``needs = {"factors"}``), so server
+stages that act on the mean only (noise, secure aggregation, robust reduction) are refused.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from fedfm.models.lora import (
 )
 from fedfm.models.params import Params, payload_bytes
 from fedfm.strategies.aggregate import add
-from fedfm.strategies.base import STRATEGIES, Strategy, Update, mean_delta
+from fedfm.strategies.base import STRATEGIES, Strategy, Update
 
 
 @STRATEGIES.register("flora")
 class FLoRA(Strategy):
     name = "flora"
+    needs = frozenset({"factors"})
 
     def initialize(self, params: Params) -> None:
         try:
@@ -56,8 +59,10 @@ class FLoRA(Strategy):
         self.stack_bytes: list[int] = []  # round r-1 -> bytes of that round's stacked factors
         self.last_seen: dict[int, int] = {}  # client -> the last round it took part in
 
-    def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
-        new = add(global_params, mean_delta(updates))  # the head (LoRA is replaced below)
+    def aggregate(
+        self, round_: int, global_params: Params, mean: Params, updates: list[Update]
+    ) -> Params:
+        new = add(global_params, mean)  # the head (LoRA is replaced below)
         weights = [u.num_examples for u in updates]
         stacked: Params = {}
         for pair in self.pairs:

@@ -6,18 +6,22 @@ Server holds ``c``; client ``i`` holds ``c_i`` (zeros at first). Each local step
 server sets ``x = x + server_lr * mean(y - x)`` and ``c = c + (|S| / N) * mean(delta c_i)``.
 
 The ``(x - y) / (K * lr)`` estimate assumes plain SGD; use ``client.optimizer = "sgd"``.
+``mean(y - x)`` is the round's reduced mean delta; the control variate deltas travel beside
+the update (``needs = {"extras"}``) and the correction is not per-example (``local_terms``).
 """
 
 from __future__ import annotations
 
 from fedfm.models.params import Params
 from fedfm.strategies.aggregate import add, subtract, zeros_like
-from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update, mean_delta
+from fedfm.strategies.base import STRATEGIES, LocalHooks, Strategy, Update
 
 
 @STRATEGIES.register("scaffold")
 class Scaffold(Strategy):
     name = "scaffold"
+    needs = frozenset({"extras"})
+    local_terms = True
 
     def initialize(self, params: Params) -> None:
         self.c = zeros_like(params)
@@ -25,13 +29,14 @@ class Scaffold(Strategy):
     def payload(self, round_: int) -> Params:
         return {f"c.{k}": v for k, v in self.c.items()}
 
-    def aggregate(self, round_: int, global_params: Params, updates: list[Update]) -> Params:
-        step = mean_delta(updates)
+    def aggregate(
+        self, round_: int, global_params: Params, mean: Params, updates: list[Update]
+    ) -> Params:
         n = len(updates)
         for k in self.c:
             mean_dc = sum(u.extras[f"dc.{k}"] for u in updates) / n
             self.c[k] = self.c[k] + (n / self.num_clients) * mean_dc
-        return add(global_params, step, self.cfg.server_lr)
+        return add(global_params, mean, self.cfg.server_lr)
 
     def state_dict(self) -> dict[str, Params]:
         return {"c": {k: v.clone() for k, v in self.c.items()}}

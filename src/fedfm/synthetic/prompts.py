@@ -18,97 +18,22 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fedfm.datasets import DATASETS, SyntheticDescription
 from fedfm.errors import ConfigError
 
-# dataset -> the prompt's first line; {description}, {topic} and {label} are filled per row
-TEMPLATES = {
-    "trec6": "Trivia questions about {topic}. The answer to each question is {description}.",
-    "sentiment4": "Short texts about {topic} from tweets, movie and product reviews and news, "
-    "each {description}.",
-    "sms_spam": "SMS text messages about {topic}, each {description}.",
-}
 GENERIC_TEMPLATE = "Short texts about {topic} in the category '{label}': {description}."
 
-# dataset -> label name -> what a text of that label is (built in for the bundled sets)
-DESCRIPTIONS = {
-    "trec6": {
-        "abbreviation": "an abbreviation or what an abbreviation stands for",
-        "description": "a description, a definition, a manner or a reason",
-        "entity": "a thing such as an animal, a colour, a food, a product or an event",
-        "human": "a person or a group of people",
-        "location": "a place such as a city, a country, a river or a mountain",
-        "numeric": "a number such as a date, a count, a distance, a speed or a price",
-    },
-    "sentiment4": {
-        "negative": "negative, unhappy or critical in tone",
-        "positive": "positive, happy or praising in tone",
-    },
-    "sms_spam": {
-        "ham": "an ordinary personal message between friends, family or colleagues",
-        "spam": "spam: an unsolicited advertisement, prize offer or scam",
-    },
-}
 
-# dataset -> label name -> public examples written for fedfm (not from any dataset); shown
-# in prompts when no synthetic.seed_file is given. A test checks none is near a test example.
-EXAMPLES = {
-    "trec6": {
-        "abbreviation": (
-            "What does CPU stand for?",
-            "What is the abbreviation for the World Health Organization?",
-            "What does the acronym RSVP mean?",
-        ),
-        "description": (
-            "Why do leaves change colour in autumn?",
-            "How does a vaccine train the immune system?",
-            "What is the meaning of the word nostalgia?",
-        ),
-        "entity": (
-            "What instrument did Louis Armstrong play?",
-            "Which breed of dog is used to herd sheep in Wales?",
-            "What dish is made from fermented cabbage in Korea?",
-        ),
-        "human": (
-            "Who wrote the novel War and Peace?",
-            "Which scientist discovered penicillin?",
-            "Who coached the winning team of the first football World Cup?",
-        ),
-        "location": (
-            "Where is the tallest waterfall in the world?",
-            "Which country has the most islands?",
-            "In what city did the Beatles first perform?",
-        ),
-        "numeric": (
-            "How many strings does a standard violin have?",
-            "When did the first person walk on the Moon?",
-            "How far is Lisbon from Madrid in kilometres?",
-        ),
-    },
-    "sentiment4": {
-        "negative": (
-            "The plot dragged on and the ending made no sense at all.",
-            "Worst customer service I have had in years, never again.",
-            "The battery died after two days. Very disappointed.",
-        ),
-        "positive": (
-            "What a lovely surprise, the concert was amazing!",
-            "This blender works perfectly and is so easy to clean.",
-            "A warm, funny film with a wonderful cast.",
-        ),
-    },
-    "sms_spam": {
-        "ham": (
-            "Running late, see you at the station in 10 mins",
-            "Can you pick up some milk on your way home?",
-            "Happy birthday! Hope you have a great day x",
-        ),
-        "spam": (
-            "WINNER! You have been selected for a 1000 pound prize. Call now to claim",
-            "URGENT: your account needs verification, click the link to claim your reward",
-            "Free entry to win a new phone! Text WIN to our number today",
-        ),
-    },
-}
+def builtin_description(dataset: str) -> SyntheticDescription | None:
+    """A built-in dataset's prompt template, label descriptions and public examples, read
+    from its module in :mod:`fedfm.datasets`; ``None`` for any other name."""
+    return DATASETS.get(dataset).synthetic if dataset in DATASETS else None
+
+
+# dataset -> label name -> description / public examples, gathered from the dataset modules
+# (edit those, not these)
+DESCRIPTIONS = {n: d.descriptions for n in DATASETS if (d := builtin_description(n))}
+EXAMPLES = {n: d.examples for n in DATASETS if (d := builtin_description(n))}
 
 TOPICS = (
     "animals", "art", "astronomy", "business", "cars", "chemistry", "cinema", "cities",
@@ -167,6 +92,7 @@ def label_spec(
             a dataset without built-in descriptions and none given.
     """
     names = tuple(label_names)
+    builtin = builtin_description(dataset)
     if not names:
         raise ConfigError(
             f"data.dataset = {dataset!r} has no labels: synthetic data is written per label, "
@@ -181,7 +107,7 @@ def label_spec(
             )
         described = tuple(descriptions)
     else:
-        known = DESCRIPTIONS.get(dataset, {})
+        known = builtin.descriptions if builtin else {}
         missing = [n for n in names if n not in known]
         if missing:
             raise ConfigError(
@@ -191,13 +117,13 @@ def label_spec(
             )
         described = tuple(known[n] for n in names)
     if not any(seed_examples):  # the built-in public examples, where fedfm has them
-        builtin = EXAMPLES.get(dataset, {})
-        seed_examples = [builtin.get(n, ()) for n in names]
+        shown = builtin.examples if builtin else {}
+        seed_examples = [shown.get(n, ()) for n in names]
     return LabelSpec(
         dataset,
         names,
         described,
-        TEMPLATES.get(dataset, GENERIC_TEMPLATE),
+        builtin.template if builtin else GENERIC_TEMPLATE,
         tuple(tuple(e) for e in seed_examples),
     )
 

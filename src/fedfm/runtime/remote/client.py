@@ -2,9 +2,10 @@
 
 The client fetches the job's config from the server (after authenticating), builds the
 same backbone and adapter, proves it with the backbone's hash when it joins, then polls for
-tasks. For each task it runs the simulator's own ``fit_client`` on its data and streams the
-update back (with an update pipeline, its wire form). It keeps its own strategy state
-(SCAFFOLD's control variate, error feedback, personal tensors) between rounds, on its disk
+tasks. For each task it runs the client half (:func:`fedfm.client.fit.fit`, as the
+simulator does) on its data and streams the upload back in its wire form. It keeps its own
+strategy state (SCAFFOLD's control variate, error feedback, personal tensors) between
+rounds, on its disk
 (:mod:`~fedfm.runtime.remote.client_state`). A lost connection is retried with exponential
 backoff.
 
@@ -17,6 +18,7 @@ refused before any model loads.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import time
@@ -30,6 +32,7 @@ import grpc
 import numpy as np
 from rich.console import Console
 
+from fedfm.client.fit import fit
 from fedfm.config import RunConfig, config_from_dict
 from fedfm.data.batching import encode
 from fedfm.data.federation import ClientData, Federation
@@ -48,7 +51,6 @@ from fedfm.runtime.remote.codec import (
     split_groups,
 )
 from fedfm.runtime.remote.intake import printable
-from fedfm.runtime.simulation import fit_client
 
 T = TypeVar("T")
 # unreachable, slow, or busy (the server refuses streams past its limits): try again later
@@ -84,7 +86,9 @@ def with_own_data(job: Job, split: Split, index: int, name: str) -> tuple[Job, C
     """``job`` whose training pool is the client's own examples, and the client over them."""
     train = encode(split, job.tokenizer, max_length=job.cfg.data.max_length)
     client = ClientData(index, name, np.arange(len(split)), np.arange(0))
-    return replace(job, train=train, federation=Federation((client,))), client
+    own = copy.copy(job)  # not dataclasses.replace: the fields set after the strategy stay
+    own.train, own.federation = train, Federation((client,))
+    return own, client
 
 
 def _client_job(cfg: RunConfig, data: str | None) -> Job:
@@ -233,25 +237,29 @@ def join(
                 continue
             tensors = decode_params(blob, max_bytes=max_bytes)
             task = split_groups(tensors, ("global", "payload", "context"))
-            job.adopt_context(task["context"])  # FLoRA's backbone delta, the adaptive clip
+            job.adopt_broadcast(task["context"])  # FLoRA's backbone delta, the adaptive clip
             run = dict(header.meta).get("run", "")
             if run not in stores:
                 folder = state_folder(state_dir, conn.client_id, run)
-                stores[run] = ClientStateStore(client.id, folder, keep=keep)
-            local = stores[run].before(header.round)
-            outcome = fit_client(job, client, task["global"], task["payload"], local, header.round)
-            local.keep(client.id, outcome)
-            stores[run].save(header.round, local)
-            update = outcome.update
-            # with an update pipeline the wire form travels (compressed as accounted)
-            sent = {"wire": outcome.wire} if outcome.wire else {"delta": update.delta}
-            body = encode_groups({**sent, "extras": update.extras})
+                stores[run] = ClientStateStore(folder, keep=keep)
+            upload, kept = fit(
+                job.client_context(),
+                client,
+                task["global"],
+                task["payload"],
+                stores[run].before(header.round),
+                header.round,
+            )
+            stores[run].save(header.round, kept)
+            # the wire form travels (compressed as accounted); without a pipeline, the delta
+            sent = {"wire": upload.wire} if job.pipeline else {"delta": upload.wire}
+            body = encode_groups({**sent, "extras": upload.extras})
             meta = {
                 "session": session,
-                "num_examples": str(update.num_examples),
-                "metrics": json.dumps(update.metrics),
-                "bytes_up": str(update.bytes_up),
-                "rank": str(update.rank),
+                "num_examples": str(upload.num_examples),
+                "metrics": json.dumps(upload.metrics),
+                "bytes_up": str(upload.bytes_up),
+                "rank": str(upload.rank),
             }
             stream = list(  # a list, not a generator: a retry sends it again
                 chunks("update", body, round_=header.round, client_id=conn.client_id, meta=meta)

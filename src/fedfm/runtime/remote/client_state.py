@@ -22,12 +22,12 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from fedfm.client.state import ClientState
 from fedfm.errors import FedFMError
 from fedfm.io import atomic_write_bytes
 from fedfm.models.params import Params
 from fedfm.runtime.remote.codec import encode_groups, split_groups
 from fedfm.runtime.remote.security import CLIENT_ID
-from fedfm.runtime.simulation import RoundState
 
 GROUPS = ("state", "personal", "pipeline")
 RUN_ID = re.compile(r"[0-9a-f]{1,64}")  # what the server's run_id file holds (token_hex)
@@ -52,25 +52,19 @@ def state_folder(state_dir: Path | None, client_id: str, run: str) -> Path | Non
     return state_dir / client_id / run
 
 
-def _stores(state: RoundState) -> tuple[dict[int, Params], ...]:
-    return state.client_states, state.personal, state.pipeline_states
-
-
 class ClientStateStore:
     """One client's states by round, in memory and (with a folder) on disk.
 
     Example:
         >>> import torch
-        >>> store = ClientStateStore(client_id=0, folder=None)
-        >>> state = RoundState(round=0, global_params={})
-        >>> state.client_states[0] = {"c": torch.ones(2)}
-        >>> store.save(3, state)
-        >>> store.before(3).client_states, store.before(4).client_states
-        ({}, {0: {'c': tensor([1., 1.])}})
+        >>> store = ClientStateStore(folder=None)
+        >>> store.save(3, ClientState(strategy={"c": torch.ones(2)}))
+        >>> store.before(3).strategy, store.before(4).strategy
+        ({}, {'c': tensor([1., 1.])})
     """
 
-    def __init__(self, client_id: int, folder: Path | None, *, keep: int = 2) -> None:
-        self.client_id, self.folder, self.keep = client_id, folder, max(keep, 1)
+    def __init__(self, folder: Path | None, *, keep: int = 2) -> None:
+        self.folder, self.keep = folder, max(keep, 1)
         # round -> its states by group (None: on disk only)
         self.saved: dict[int, dict[str, Params] | None] = {}
         if folder is not None and folder.is_dir():
@@ -81,28 +75,21 @@ class ClientStateStore:
         assert self.folder is not None
         return self.folder / f"round-{round_:06d}.safetensors"
 
-    def before(self, round_: int) -> RoundState:
+    def before(self, round_: int) -> ClientState:
         """The states this client held before round ``round_`` (empty before its first)."""
-        state = RoundState(round=0, global_params={})
         earlier = [r for r in self.saved if r < round_]
         if not earlier:
-            return state
+            return ClientState()
         newest = max(earlier)
         groups = self.saved[newest]
         if groups is None:
             groups = self.saved[newest] = split_groups(load_file(self._path(newest)), GROUPS)
-        for store, group in zip(_stores(state), GROUPS, strict=True):
-            if groups.get(group):
-                store[self.client_id] = groups[group]
-        return state
+        return ClientState(*(groups.get(group, {}) for group in GROUPS))
 
-    def save(self, round_: int, state: RoundState) -> None:
+    def save(self, round_: int, state: ClientState) -> None:
         """Keep the states this client holds after round ``round_``."""
-        groups = {
-            group: store[self.client_id]
-            for store, group in zip(_stores(state), GROUPS, strict=True)
-            if store.get(self.client_id)
-        }
+        values = (state.strategy, state.personal, state.pipeline)
+        groups = {group: v for group, v in zip(GROUPS, values, strict=True) if v}
         if not groups:
             return
         self.saved[round_] = groups

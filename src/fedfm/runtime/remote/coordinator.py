@@ -24,7 +24,9 @@ import torch
 from rich.console import Console
 from rich.text import Text
 
+from fedfm.client.fit import Upload
 from fedfm.config import RunConfig, to_toml
+from fedfm.data.federation import ClientData
 from fedfm.models.params import Params
 from fedfm.runtime.job import Job
 from fedfm.runtime.remote import fedfm_pb2 as pb
@@ -42,11 +44,11 @@ from fedfm.runtime.remote.intake import Limits, printable, read_claims
 from fedfm.runtime.remote.security import check_token
 from fedfm.runtime.simulation import (
     ClientOutcome,
-    RoundIntake,
+    Fitted,
+    RoundPlan,
     RoundState,
-    finish_round,
-    plan_round,
-    receive,
+    Transport,
+    decode_upload,
 )
 from fedfm.strategies.aggregate import mismatches
 from fedfm.strategies.base import Update
@@ -75,8 +77,9 @@ def _touching(stream: Iterator[pb.Chunk], touch: Callable[[], None]) -> Iterator
 
 
 @dataclass
-class Coordinator:
-    """What the gRPC handlers and the round loop share (under one lock).
+class Coordinator(Transport):
+    """What the gRPC handlers and the round driver share (under one lock); the transport of
+    ``fedfm serve``.
 
     Every handler method answers any input with a reply or a refusal, never an exception:
     a refusal is logged (``refused`` / ``rejected``) with its reason, an unexpected error
@@ -98,6 +101,7 @@ class Coordinator:
     finished: bool = False
     run_id: str = ""  # one server run (kept on resume): names the clients' state folders
     lock: threading.Condition = field(default_factory=threading.Condition)
+    participants: list[str] = field(default_factory=list)  # last round's, by client id
     errors: int = 0  # unexpected handler errors (logged as "error")
     suppressed: int = 0  # events left out of a full events.jsonl
     _events_bytes: int = 0
@@ -258,7 +262,7 @@ class Coordinator:
                 update = _decode_update(self, header, data)
                 with self.lock:  # checked and taken in one step: the round may have closed
                     self._admissible(header, peer)
-                    self.arrived[update.client_id] = ClientOutcome(update, {}, {}, {})
+                    self.arrived[update.client_id] = ClientOutcome(update)
                     self.lock.notify_all()
         except CodecError as err:
             self.log("rejected", client=client_id, reason=str(err))
@@ -288,12 +292,14 @@ class Coordinator:
 
     # ------------------------------------------------------------------ round loop
 
-    def run_round(self, state: RoundState) -> dict[str, Any]:
-        """One round with remote clients; ``state`` advances in place."""
-        job, remote = self.job, self.cfg.remote
-        plan = plan_round(job, state)
-        members = {remote.clients[c.id]: c.id for c in plan.clients}
-        context = job.client_context()  # FLoRA's backbone delta, the adaptive clip norm
+    def fit(
+        self, job: Job, state: RoundState, plan: RoundPlan, clients: list[ClientData]
+    ) -> Iterator[Fitted]:
+        """Publish the round's task to every member, wait for their updates (see
+        :meth:`_await`), then yield each member's update or why it has none."""
+        remote = self.cfg.remote
+        members = {remote.clients[c.id]: c.id for c in clients}
+        context = job.broadcast()  # FLoRA's backbone delta, the adaptive clip norm
         blob = encode_groups(
             {"global": state.global_params, "payload": plan.payload, "context": context}
         )
@@ -311,18 +317,18 @@ class Coordinator:
         self.log("round", round=plan.round, cohort=sorted(members))
         arrived = self._await(plan.round, len(members))
         rejected = dict(self.rejected)
-        intake = RoundIntake()
-        for client in plan.clients:
+        self.participants = sorted(remote.clients[c] for c in arrived)
+        for client in clients:
             if client.id in arrived:
-                receive(job, state, intake, client.id, arrived[client.id])
-            else:
-                reason = "missed the deadline (late, dead or never joined)"
-                if client.id in rejected:
-                    reason = f"{reason}; its update was rejected: {rejected[client.id]}"
-                intake.excluded.append({"client": client.id, "reason": reason})
-        record = finish_round(job, state, plan, intake)
-        record["participants"] = sorted(remote.clients[c] for c in arrived)
-        return record
+                yield arrived[client.id], None
+                continue
+            reason = "missed the deadline (late, dead or never joined)"
+            if client.id in rejected:
+                reason = f"{reason}; its update was rejected: {rejected[client.id]}"
+            yield None, reason
+
+    def record(self) -> dict[str, Any]:
+        return {"participants": self.participants}
 
     def _await(self, round_: int, cohort: int) -> dict[int, ClientOutcome]:
         """The updates of the open round, once every member has answered, or at a deadline
@@ -356,24 +362,28 @@ class Coordinator:
 
 
 def wire_template(job: Job, like: Params) -> Params:
-    """What a client's update pipeline puts on the wire for an update shaped like ``like``
-    (its strategy's own tensors stay home): names, shapes and dtypes to check an incoming
-    wire form against before it is decoded ({} without a pipeline)."""
-    if not job.pipeline:
-        return {}
+    """What a client puts on the wire for an update shaped like ``like`` (its personal tensors
+    stay home): names, shapes and dtypes to check an incoming upload against before it is
+    decoded. Without an update pipeline, the shared delta itself."""
     shared = {k: v for k, v in like.items() if k not in job.personal}
+    if not job.pipeline:
+        return shared
     wire, _, _ = job.pipeline.client(shared, {}, torch.Generator().manual_seed(0))
     return wire
 
 
-def _received_delta(coord: Coordinator, groups: dict[str, Params]) -> Params:
-    """The delta a client sent: as it is, or decoded from its pipeline's wire form (what
-    compression shrinks travels shrunk) after checking the wire form's names and shapes."""
+def _wire(coord: Coordinator, groups: dict[str, Params]) -> Params:
+    """The upload's wire form: the ``delta`` group without an update pipeline, the ``wire``
+    group with one; its names and shapes checked against the server's template."""
     job, wire = coord.job, groups["wire"]
     if not job.pipeline:
         if wire:
             raise CodecError("a wire form, but this server's config has no update pipeline")
-        return groups["delta"]
+        wire = groups["delta"]
+        wrong = mismatches(wire, coord.template)
+        if wrong:
+            raise CodecError(f"malformed delta: {wrong[:3]}")
+        return wire
     if groups["delta"] or not wire:
         raise CodecError(
             "a decoded delta, but this server's config has an update pipeline (compression or "
@@ -382,34 +392,29 @@ def _received_delta(coord: Coordinator, groups: dict[str, Params]) -> Params:
     wrong = mismatches(wire, coord.template)
     if wrong:
         raise CodecError(f"malformed wire form: {wrong[:3]}")
-    shared = {k: v for k, v in coord.like.items() if k not in job.personal}
-    try:
-        decoded = job.pipeline.server(wire, shared)
-    except (IndexError, RuntimeError) as err:  # e.g. a top-k position out of range
-        raise CodecError(f"wire form does not decode: {err}") from None
-    # the strategy's own tensors stay on the client: a zero delta leaves them as they were
-    return {k: decoded[k] if k in decoded else torch.zeros_like(v) for k, v in coord.like.items()}
+    return wire
 
 
 def _decode_update(coord: Coordinator, header: pb.Header, data: bytes) -> Update:
+    """The update of a checked stream, decoded once (:func:`decode_upload`)."""
     meta = dict(header.meta)
     claims = read_claims(meta, coord.limits, payload_bytes=len(data))
     tensors = decode_params(data, max_bytes=coord.max_bytes)
     groups = split_groups(tensors, ("delta", "wire", "extras"))
-    delta = _received_delta(coord, groups)
-    for what, got, like in (
-        ("delta", delta, coord.like),
-        ("extras", groups["extras"], coord.extras_like),
-    ):
-        wrong = mismatches(got, like)
-        if wrong:
-            raise CodecError(f"malformed {what}: {wrong[:3]}")
-    return Update(
+    wire = _wire(coord, groups)
+    wrong = mismatches(groups["extras"], coord.extras_like)
+    if wrong:
+        raise CodecError(f"malformed extras: {wrong[:3]}")
+    upload = Upload(
         client_id=coord.cfg.remote.clients.index(header.client_id),
-        delta=delta,
+        wire=wire,
         num_examples=claims.num_examples,
         metrics=claims.metrics,
         extras=groups["extras"],
         bytes_up=claims.bytes_up,
         rank=claims.rank,
     )
+    try:
+        return decode_upload(coord.job, upload)
+    except (IndexError, RuntimeError) as err:  # e.g. a top-k position out of range
+        raise CodecError(f"wire form does not decode: {err}") from None

@@ -1,8 +1,9 @@
 """``fedfm serve``: the federated job of a config, with its clients in other processes.
 
-The server runs the simulator's own round phases (``plan_round``, ``receive``,
-``finish_round``) and the same strategy; only ``fit_client`` runs elsewhere, in each remote
-client's process. Per round it publishes one task per cohort member (the global params and
+The server runs the simulator's own round driver and the same strategy, with the
+:class:`~fedfm.runtime.remote.coordinator.Coordinator` as its transport; only the client
+half (:func:`fedfm.client.fit.fit`) runs elsewhere, in each remote client's process. Per
+round it publishes one task per cohort member (the global params and
 the strategy's payload, chunked safetensors), then waits until every member has answered, or
 until ``remote.deadline`` has passed and at least ``remote.quorum`` of them have. Members that
 did not answer are recorded as late or dead. Every update is validated before it counts.
@@ -18,7 +19,6 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -28,7 +28,7 @@ from fedfm.runtime.job import Job
 from fedfm.runtime.remote.coordinator import Coordinator
 from fedfm.runtime.remote.service import start_server
 from fedfm.runtime.run_folder import run_id  # the one run id of every run (run_dir/run_id)
-from fedfm.runtime.simulation import RoundRunner, RoundState
+from fedfm.runtime.simulation import Transport
 
 STOP_SECONDS = 10.0  # the most that stopping the server waits for calls still running
 
@@ -56,6 +56,12 @@ def check_remote(cfg: RunConfig) -> None:
             "secagg.enabled = true is simulated inside the server; with remote clients it "
             "would not hide anything yet: set secagg.enabled = false"
         )
+    profiles = ("ranks", "speeds", "layers", "steps")
+    if any(getattr(cfg.system, key) for key in profiles) or cfg.system.deadline:
+        raise ConfigError(
+            "[system] resource profiles are simulated; remote clients bring their own "
+            "machines: leave system.ranks, speeds, layers, steps and deadline unset"
+        )
     if cfg.strategy.name in ("centralized", "local"):
         raise ConfigError(
             f"strategy.name = {cfg.strategy.name!r} is a reference without federation; "
@@ -64,20 +70,16 @@ def check_remote(cfg: RunConfig) -> None:
 
 
 @contextlib.contextmanager
-def remote_backend(job: Job, run_dir: Path, console: Console) -> Iterator[RoundRunner]:
-    """``execute``'s backend for remote clients: serve while the rounds run, then tell every
-    client the job is done and stop."""
+def remote_backend(job: Job, run_dir: Path, console: Console) -> Iterator[Transport]:
+    """The transport of ``backend = "remote"`` (``fedfm serve``): serve while the rounds
+    run, then tell every client the job is done and stop."""
     check_remote(job.cfg)
     coord = Coordinator(job, run_dir, console, run_id=run_id(run_dir))
     server, port = start_server(coord)
     coord.log("serving", address=job.cfg.remote.address, port=port, tls=not job.cfg.remote.insecure)
 
-    def run(job: Job, state: RoundState, *, on_client: Any = None) -> dict[str, Any]:
-        del on_client
-        return coord.run_round(state)
-
     try:
-        yield run
+        yield coord
     finally:
         coord.finish()
         time.sleep(min(2.0, job.cfg.remote.deadline))  # let polling clients hear "done"

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedfm.strategies.robust import (
+from fedfm.update.robust import (
     bound_norms,
     coordinate_median,
     krum_scores,

@@ -1,19 +1,24 @@
-"""Byzantine-robust reductions of client deltas: pure functions, no state.
+"""Byzantine-robust reductions of client deltas, and the two update-chain stages that run them.
 
-Each takes the cohort's deltas and returns one delta, like the weighted mean it replaces, so
-it serves under FedAvg and under a server optimiser alike (the optimiser steps on it).
+The reductions are pure functions: each takes the cohort's deltas and returns one delta, like
+the weighted mean it replaces, so it serves under FedAvg and under a server optimiser alike
+(the optimiser steps on it). :class:`NormBound` scales each delta before reduction;
+:class:`RobustReduce` is the chain's reducing stage for ``robust.aggregator``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
+from fedfm.config import RobustConfig
 from fedfm.models.params import Params
 from fedfm.privacy.clipping import clip_update
 from fedfm.strategies.aggregate import gram, weighted_average
+from fedfm.update.stage import Aggregate, Cohort, Info, Stage
 
 
 def _stack(deltas: Sequence[Params], name: str) -> torch.Tensor:
@@ -80,9 +85,9 @@ def multi_krum(
     """``(weighted mean of the keep lowest-scoring deltas, their indices)``; keep = 1 is Krum.
 
     Example:
-        >>> ds = [{"w": torch.tensor([v])} for v in (0.0, 0.1, 0.2, 9.0)]
-        >>> mean, kept = multi_krum(ds, [1, 1, 1, 1], byzantine=1, keep=2)
-        >>> kept
+        >>> ds = [{"w": torch.tensor([v])} for v in (0.0, 0.1, 0.3, 9.0, 10.0)]
+        >>> mean, kept = multi_krum(ds, [1, 1, 1, 1, 1], byzantine=1, keep=2)
+        >>> kept  # scores: 0.01 + 0.09, 0.01 + 0.04, 0.04 + 0.09, ...
         [1, 0]
     """
     if not 1 <= keep <= len(deltas):
@@ -97,3 +102,57 @@ def bound_norms(deltas: Sequence[Params], bound: float) -> tuple[list[Params], l
     """Each delta scaled to L2 norm <= ``bound`` (Sun et al., 2019); and the norms before."""
     pairs = [clip_update(d, bound) for d in deltas]
     return [p for p, _ in pairs], [n for _, n in pairs]
+
+
+@dataclass(frozen=True)
+class NormBound(Stage):
+    """``robust.norm_bound``: every delta scaled to L2 norm <= ``limit`` before reduction.
+
+    Example:
+        >>> from fedfm.strategies.base import Update
+        >>> us = [Update(7, {"w": torch.tensor([3.0, 4.0])}, 1)]
+        >>> cohort, info = NormBound(1.0).bound(Cohort(1, 0, us, [us[0].delta]))
+        >>> cohort.deltas[0]["w"], info
+        (tensor([0.6000, 0.8000]), {'robust_bounded': [7]})
+    """
+
+    limit: float
+    name = "norm_bound"
+
+    def bound(self, cohort: Cohort) -> tuple[Cohort, Info]:
+        deltas, norms = bound_norms(cohort.deltas, self.limit)
+        ids = [u.client_id for u in cohort.updates]
+        bounded = [c for c, n in zip(ids, norms, strict=True) if n > self.limit]
+        return replace(cohort, deltas=deltas), {"robust_bounded": bounded}
+
+
+@dataclass(frozen=True)
+class RobustReduce(Stage):
+    """``robust.aggregator`` = ``median``, ``trimmed_mean``, ``krum`` or ``multikrum``."""
+
+    cfg: RobustConfig
+    name = "robust"
+    reduces = True
+
+    def reduce(self, cohort: Cohort, signals: Sequence[str] | None) -> tuple[Aggregate, Info]:
+        rb, deltas = self.cfg, cohort.deltas
+        if signals is not None:
+            raise ValueError(
+                f"robust.aggregator = {rb.aggregator!r} cannot give the plain sum that "
+                "privacy.noise needs; use robust.norm_bound instead"
+            )
+        if rb.aggregator == "median":
+            return Aggregate(coordinate_median(deltas)), {}
+        if rb.aggregator == "trimmed_mean":
+            return Aggregate(trimmed_mean(deltas, rb.trim)), {}
+        if rb.aggregator not in ("krum", "multikrum"):
+            raise ValueError(f"robust.aggregator = {rb.aggregator!r} is not a robust reduction")
+        f = rb.byzantine or math.floor(0.3 * len(deltas))
+        f = min(f, max(0, len(deltas) - 3))  # Krum needs n > f + 2
+        keep = 1 if rb.aggregator == "krum" else (rb.keep or len(deltas) - f)
+        mean, kept = multi_krum(deltas, cohort.weights, f, min(keep, len(deltas)))
+        info = {
+            "robust_byzantine": f,
+            "robust_kept": sorted(cohort.updates[i].client_id for i in kept),
+        }
+        return Aggregate(mean), info

@@ -1,5 +1,7 @@
-"""Checks on a finished run folder that ``fedfm eval`` and ``fedfm export`` make before any
-heavy import (torch, transformers), so a wrong path costs milliseconds, not seconds.
+"""A run folder's file names, and the checks on a finished one that ``fedfm eval`` and
+``fedfm export`` make before any heavy import (torch, transformers), so a wrong path costs
+milliseconds, not seconds. Low in the package: models, reports and the runtime all name
+these files.
 
 Example:
     >>> check_can_export(Path("runs/demo"), Path("merged"), overwrite=False)  # doctest: +SKIP
@@ -10,8 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedfm.errors import FedFMError
-from fedfm.runtime.run_folder import CONFIG_FILE
 
+CONFIG_FILE = "config.toml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+OLD_CHECKPOINT_FILE = "checkpoint.pt"  # fedfm before the safetensors checkpoints (pickle)
+RUN_ID_FILE = "run_id"
 PARAMS_FILE = "adapter.safetensors"  # the final global params (fedfm's format)
 ADAPTER_DIR = "adapter"  # a peft adapter folder (lora, ia3)
 MODEL_DIR = "model"  # a standalone Hugging Face model folder (head, bitfit, full)

@@ -2,11 +2,12 @@
 
 Each actor (a :class:`Worker`) builds the job once, so it holds one frozen backbone and the
 whole federation's data, and then trains whichever clients it is handed, one after another,
-with the same :func:`~fedfm.runtime.simulation.fit_client` as in process. The server half of
-every round (cohort, aggregation, evaluation, checkpoints) stays in the driver.
+with the same :func:`~fedfm.client.fit.fit` as in process, and sends back the upload's wire
+form, which the driver decodes. The server half of every round (cohort, aggregation,
+evaluation, checkpoints) stays in the driver.
 
-A round puts the global params, the payload and the client context (FLoRA's backbone delta,
-the adaptive clip norm) in Ray's object store once and hands each actor a reference
+A round puts the global params, the payload and the server's broadcast (FLoRA's backbone
+delta, the adaptive clip norm) in Ray's object store once and hands each actor a reference
 (:meth:`Worker.begin`); then the cohort's clients are dealt out one at a time to whichever
 actor is free, each with the states it keeps between rounds (strategy state, personal
 tensors, error feedback), which come back with its update. Clients are seeded by (seed,
@@ -27,26 +28,28 @@ import os
 import socket
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 
+from fedfm.client.fit import Upload, fit
+from fedfm.client.state import ClientState
 from fedfm.config import RunConfig
 from fedfm.errors import ConfigError, FedFMError
 from fedfm.models.params import Params
 from fedfm.runtime.job import Job, build_job
 from fedfm.runtime.simulation import (
+    ClientOutcome,
     Fitted,
     RoundPlan,
-    RoundRunner,
     RoundState,
+    Transport,
     Work,
-    fit_in_process,
-    run_round,
+    decode_upload,
 )
+from fedfm.runtime.transports.in_process import FAILURES
 from fedfm.synthetic.dataset import SyntheticSet
 
 # passed on to workers started by a cluster (a local Ray inherits the driver's environment)
@@ -67,24 +70,31 @@ class Worker:
         return self.job.backbone
 
     def begin(self, round_: int, global_params: Params, payload: Params, context: Params) -> None:
-        """Take round ``round_``'s params, payload and the server's client context."""
+        """Take round ``round_``'s params, payload and the server's broadcast."""
         self.round, self.global_params, self.payload = round_, global_params, payload
-        self.job.adopt_context(context)
+        self.job.adopt_broadcast(context)
 
-    def fit(self, client_id: int, work: Work, states: tuple[Params, Params, Params]) -> Fitted:
-        """Train one client of the current round from the states it left last time."""
+    def fit(
+        self, client_id: int, work: Work, state: ClientState
+    ) -> tuple[Upload, ClientState] | str:
+        """Train one client of the current round from the states it left last time: its
+        upload (the wire form) and new states, or why it failed."""
         job = self.job
         client = job.federation.pooled() if job.strategy.pooled else job.federation[client_id]
-        state = RoundState(self.round - 1, self.global_params)
-        for store, value in zip(
-            (state.client_states, state.personal, state.pipeline_states), states, strict=True
-        ):
-            if value:
-                store[client_id] = value
-        plan = RoundPlan(self.round, [], [client], self.payload, {client_id: work}, 0, 0.0)
-        outcome, error = next(fit_in_process(job, state, plan, [client]))
-        # the driver takes the decoded update; the wire form need not travel twice
-        return (replace(outcome, wire={}) if outcome else None), error
+        try:
+            return fit(
+                job.client_context(),
+                client,
+                self.global_params,
+                self.payload,
+                state,
+                self.round,
+                rank=work.rank,
+                steps=work.override_steps,
+                layers=work.layers,
+            )
+        except FAILURES as err:
+            return f"{type(err).__name__}: {err}"
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -135,9 +145,9 @@ def _connect(cfg: RunConfig, console: Console) -> bool:
 ATTEMPTS = 2  # a client whose worker dies is dealt again once, then counted as failed
 
 
-class WorkerPool:
-    """``ray.workers`` actors (one per CPU when 0) with checked backbones; its :meth:`fit` is
-    the :class:`~fedfm.runtime.simulation.CohortFitter` that deals clients to them.
+class WorkerPool(Transport):
+    """``ray.workers`` actors (one per CPU when 0) with checked backbones; :meth:`fit` deals
+    the cohort's clients to them.
 
     A worker that dies (its process killed, its node lost) is replaced by a fresh one, which
     loads the model again, and the client it was training is dealt again; a client whose
@@ -164,9 +174,9 @@ class WorkerPool:
         import ray
 
         job = self.job
-        actors = [
-            self.actor_class.remote(job.cfg, job.synthetic_set, self.threads) for _ in range(count)
-        ]
+        synthetic = job.feature("synthetic")  # the set itself: a worker must not write its own
+        given = synthetic.set if synthetic is not None else None
+        actors = [self.actor_class.remote(job.cfg, given, self.threads) for _ in range(count)]
         backbones = ray.get([a.backbone.remote() for a in actors])
         wrong = [b for b in backbones if b != job.backbone]
         if wrong:
@@ -201,7 +211,7 @@ class WorkerPool:
     ) -> Iterator[Fitted]:
         import ray
 
-        shared = [ray.put(x) for x in (state.global_params, plan.payload, job.client_context())]
+        shared = [ray.put(x) for x in (state.global_params, plan.payload, job.broadcast())]
         self._begin(plan.round, shared)
         queue = deque((i, client, 1) for i, client in enumerate(clients))
         running: dict[Any, tuple[Any, int, Any, int]] = {}  # future -> actor, position, ...
@@ -210,12 +220,7 @@ class WorkerPool:
         def hand_out(actor: Any) -> None:
             if queue:
                 i, client, attempt = queue.popleft()
-                states = (
-                    state.client_states.get(client.id, {}),
-                    state.personal.get(client.id, {}),
-                    state.pipeline_states.get(client.id, {}),
-                )
-                future = actor.fit.remote(client.id, plan.work[client.id], states)
+                future = actor.fit.remote(client.id, plan.work[client.id], state.client(client.id))
                 running[future] = (actor, i, client, attempt)
 
         for actor in list(self.actors):
@@ -225,7 +230,7 @@ class WorkerPool:
                 (ready,), _ = ray.wait(list(running), num_returns=1)
                 actor, position, client, attempt = running.pop(ready)
                 try:
-                    done[position] = ray.get(ready)
+                    done[position] = self._arrived(job, ray.get(ready), plan.work[client.id])
                 except ray.exceptions.RayActorError as err:
                     if attempt < ATTEMPTS:  # first in line again, on whichever worker is free
                         queue.appendleft((position, client, attempt + 1))
@@ -235,6 +240,13 @@ class WorkerPool:
                 hand_out(actor)
             yield done.pop(i)
 
+    @staticmethod
+    def _arrived(job: Job, result: tuple[Upload, ClientState] | str, work: Work) -> Fitted:
+        if isinstance(result, str):
+            return None, result
+        upload, kept = result
+        return ClientOutcome(decode_upload(job, upload, layers=work.layers), kept), None
+
     def close(self) -> None:
         import ray
 
@@ -243,8 +255,8 @@ class WorkerPool:
 
 
 @contextlib.contextmanager
-def ray_backend(job: Job, run_dir: Path, console: Console) -> Iterator[RoundRunner]:
-    """``execute``'s backend for ``backend = "ray"``: actors for the run, then gone."""
+def open_ray(job: Job, run_dir: Path, console: Console) -> Iterator[Transport]:
+    """The transport of ``backend = "ray"``: actors for the run, then gone."""
     del run_dir
     started = _connect(job.cfg, console)
     import ray
@@ -252,12 +264,7 @@ def ray_backend(job: Job, run_dir: Path, console: Console) -> Iterator[RoundRunn
     pool: WorkerPool | None = None
     try:
         pool = WorkerPool(job, console)
-        fit = pool.fit
-
-        def run(job: Job, state: RoundState, *, on_client: Any = None) -> dict[str, Any]:
-            return run_round(job, state, on_client=on_client, fit=fit)
-
-        yield run
+        yield pool
     finally:
         if pool is not None:
             pool.close()

@@ -1,4 +1,4 @@
-"""Compression as an update-pipeline stage, with optional error feedback.
+"""Compression as an update-chain stage, with optional error feedback.
 
 With error feedback the client compresses ``delta + e`` and keeps ``e' = (delta + e) -
 decompressed`` for its next upload, so what compression drops is delayed, not lost (EF-SGD,
@@ -13,7 +13,7 @@ from fedfm.compression.quantize import dequantize_params, quantize_params
 from fedfm.compression.sparsify import densify_params, sparsify_params
 from fedfm.config import CompressionConfig
 from fedfm.models.params import Params
-from fedfm.pipeline import Stage
+from fedfm.update.stage import Stage
 
 RESIDUAL = "residual"
 
@@ -29,6 +29,7 @@ class Compress(Stage):
     """
 
     name = "compress"
+    encodes = True
 
     def __init__(self, cfg: CompressionConfig) -> None:
         if cfg.method not in ("quantize", "topk"):
