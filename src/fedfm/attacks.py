@@ -85,7 +85,7 @@ def poisoned_pool(
             "attack.kind = 'backdoor' puts a trigger phrase in text: use a text dataset"
         )
     labels = np.full(len(train), cfg.target_label, dtype=np.int64)
-    split = Split(with_trigger(list(train.inputs), cfg.trigger), labels)
+    split = Split(with_trigger([str(t) for t in train.inputs], cfg.trigger), labels)
     max_length = int(encoded.lengths().max()) + TRIGGER_ROOM
     return encode(split, tokenizer, max_length=max_length)
 
@@ -123,6 +123,6 @@ def backdoor_test_set(
     target: accuracy on it is the attack success rate."""
     assert test.labels is not None  # checked by poisoned_pool
     keep = np.flatnonzero(test.labels != cfg.target_label)
-    texts = with_trigger([test.inputs[i] for i in keep], cfg.trigger)
+    texts = with_trigger([str(test.inputs[i]) for i in keep], cfg.trigger)
     split = Split(texts, np.full(len(keep), cfg.target_label, dtype=np.int64))
     return encode(split, tokenizer, max_length=max_length + TRIGGER_ROOM)
