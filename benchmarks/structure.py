@@ -53,6 +53,8 @@ LAYERS: list[list[str]] = [
         "attacks",
         "analysis",
         "report",
+        "generation",
+        "dpo",
     ],
     ["strategies"],
     ["update", "pipeline"],

@@ -13,19 +13,30 @@ from fedfm.resources.types import CLASSIFICATION
 from fedfm.synthetic.prompts import label_spec
 
 NAMES = DATASETS.names()
+# name -> (its module, its loader's name) where not (name, "load"): one module, two views
+SHARED_MODULE = {"instruct-pref": ("instruct", "load_preferences")}
 
 
 def test_the_registry_holds_the_built_in_datasets() -> None:
-    assert NAMES == ["digits", "sentiment4", "shakespeare", "sms_spam", "trec6"]
+    assert NAMES == [
+        "digits",
+        "instruct",
+        "instruct-pref",
+        "sentiment4",
+        "shakespeare",
+        "sms_spam",
+        "trec6",
+    ]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_each_dataset_is_one_module_that_registers_its_own_entry(name: str) -> None:
-    module = importlib.import_module(f"fedfm.datasets.{name}")
+    module_name, loader = SHARED_MODULE.get(name, (name, "load"))
+    module = importlib.import_module(f"fedfm.datasets.{module_name}")
     entry = DATASETS.get(name)
     assert isinstance(entry, BuiltinDataset) and entry.name == name
-    assert entry.load is module.load
-    assert getattr(fedfm.datasets, name) is module  # imported by the package's import list
+    assert entry.load is getattr(module, loader)
+    assert getattr(fedfm.datasets, module_name) is module  # imported by the package's list
     assert entry.label_names == getattr(module, "LABEL_NAMES", ())
 
 

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import tomllib
 import types
@@ -71,16 +72,19 @@ class DataConfig:
     )
     max_length: int = knob(
         64,
-        "tokens per example (truncation); batches are padded to their own longest example",
+        "tokens per example (truncation; `instruction` cuts the prompt side first and counts "
+        "the responses whose end it cuts); batches are padded to their own longest example",
     )
     max_train_examples: int = knob(0, "0 = all; N = a seeded subsample of the training pool")
     max_test_examples: int = knob(0, "0 = all; N = a seeded subsample of the global test set")
     # the keys below read a dataset file (data.dataset = a path); the registry's ignore them
     task: str = knob(
         "auto",
-        "a data file's task: `classification`, `causal_lm`, or `auto` = classification if "
-        "the file has `data.label_column`, else causal LM (a registry dataset must leave "
-        "`auto`)",
+        "a data file's task: `classification`, `causal_lm`, `instruction` (chat: the loss on "
+        "the assistant's tokens only), or `auto` = instruction if the file has "
+        "`data.messages_column` or `data.prompt_column` and `data.response_column` (and not "
+        "both `data.text_column` and `data.label_column`), else classification if it has "
+        "`data.label_column`, else causal LM (a registry dataset must leave `auto`)",
     )
     text_column: str = knob("text", "a data file's text column (causal LM: the document to model)")
     text_pair_column: str = knob(
@@ -104,6 +108,24 @@ class DataConfig:
         "",
         'a data file\'s `train`/`test` column; `""` = a seeded 20% test set, stratified '
         "by label (and group), as for the registry's datasets",
+    )
+    prompt_column: str = knob(
+        "prompt", "instruction: a data file's prompt column (the user's message)"
+    )
+    response_column: str = knob(
+        "response", "instruction: a data file's response column (the assistant's message)"
+    )
+    messages_column: str = knob(
+        "messages",
+        "instruction: a data file's multi-turn column, a list of `{role, content}` "
+        "(`system`, `user`, `assistant`) ending with the assistant's response; used in place "
+        "of the prompt and response columns when the file has it. `data.label_column`, if "
+        "the file has it, gives each row a category (partitions and per-category scores)",
+    )
+    system_prompt: str = knob(
+        "",
+        'instruction: a system message put before every conversation that has none; `""` '
+        "= none (the chat template's own default, if it has one)",
     )
 
 
@@ -129,6 +151,11 @@ class ModelConfig:
         False,
         "let a model folder run its own Python code (`auto_map` in its `config.json`); off "
         "unless set",
+    )
+    chat_template: str = knob(
+        "",
+        "instruction: the Jinja chat template that renders conversations, or the path of a "
+        'file holding one; `""` = the tokenizer\'s own (a model without one is refused)',
     )
 
 
@@ -716,7 +743,7 @@ _UNIT_INTERVAL = {"strategy.beta1", "strategy.beta2", "strategy.server_momentum"
 _CHOICES = {
     "adapter.method": ("lora", "ia3", "bitfit", "head", "full"),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "data.task": ("auto", "classification", "causal_lm"),
+    "data.task": ("auto", "classification", "causal_lm", "instruction"),
     "client.optimizer": ("adamw", "adam", "sgd"),
     "client.loss": ("ce", "balanced"),
     "compression.method": ("none", "quantize", "topk"),
@@ -824,6 +851,11 @@ def _data_file_problems(flat: dict[str, Any]) -> list[str]:
     if len(set(names)) != len(names):
         repeated = sorted({n for n in names if names.count(n) > 1})
         problems.append(f"data.label_names = {names} repeats {repeated}: list each class once")
+    if flat["data.prompt_column"] == flat["data.response_column"]:
+        problems.append(
+            f"data.prompt_column and data.response_column both name column "
+            f"{flat['data.prompt_column']!r}: give each its own"
+        )
     keys = ("text_column", "text_pair_column", "label_column", "group_column", "split_column")
     used = [(k, flat[f"data.{k}"]) for k in keys if flat[f"data.{k}"]]
     for i, (key, column) in enumerate(used):
@@ -962,8 +994,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, str):  # a TOML basic string: JSON's escapes (a chat template's \n)
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")

@@ -18,7 +18,7 @@ from sklearn.metrics import f1_score, recall_score
 
 from fedfm.data.batching import Batch
 from fedfm.registry import Registry
-from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION
+from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION, INSTRUCTION
 
 
 def _logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -158,3 +158,17 @@ class CausalLM(Task):
             count += int(n)
         loss = total / max(count, 1)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+@TASKS.register(INSTRUCTION)
+class Instruction(CausalLM):
+    """Instruction tuning (chat): causal LM's token cross-entropy over the assistant's tokens
+    only, the batch's labels being ``-100`` everywhere else (:mod:`fedfm.data.chat`); the
+    held-out response loss and perplexity.
+
+    Example:
+        >>> Instruction().main_metric, Instruction.higher_is_better
+        ('perplexity', False)
+    """
+
+    name = INSTRUCTION

@@ -24,14 +24,21 @@ class Encoded:
             or for a dataset file a :class:`~fedfm.data.token_cache.RaggedIds` over the
             memory-mapped token cache); or ``None`` for feature datasets.
         features: float32 ``(N, D)`` for feature datasets, else ``None``.
-        labels: int64 ``(N,)`` class ids, or ``None`` for causal LM.
+        labels: int64 ``(N,)`` class ids, or ``None`` for causal LM and instruction.
         pad_id: the tokenizer's pad token id.
+        masks: per example a bool array as long as its ids: the tokens the loss covers (an
+            instruction's assistant tokens, :mod:`fedfm.data.chat`); ``None``: every token.
+        truncated_prompts: examples whose start (prompt side) was cut to fit ``max_length``.
+        truncated_responses: examples whose response's end was cut (it alone did not fit).
     """
 
     ids: list[np.ndarray] | RaggedIds | None
     features: np.ndarray | None
     labels: np.ndarray | None
     pad_id: int = 0
+    masks: list[np.ndarray] | None = None
+    truncated_prompts: int = 0
+    truncated_responses: int = 0
 
     def __len__(self) -> int:
         if self.ids is not None:
@@ -66,7 +73,11 @@ def encode(split: Split, tokenizer, *, max_length: int) -> Encoded:  # noqa: ANN
 
 
 def collate(data: Encoded, indices: Sequence[int] | np.ndarray, *, causal_lm: bool) -> Batch:
-    """One batch of ``indices``, padded to the longest example in it."""
+    """One batch of ``indices``, padded to the longest example in it.
+
+    Causal LM labels are the input ids, ``-100`` (ignored) on padding and, where
+    ``data.masks`` exists, on every token outside the mask.
+    """
     idx = np.asarray(indices)
     if data.ids is None:
         assert data.features is not None  # one of the two is always set
@@ -83,10 +94,20 @@ def collate(data: Encoded, indices: Sequence[int] | np.ndarray, *, causal_lm: bo
         if causal_lm:
             labels = batch["input_ids"].clone()
             labels[batch["attention_mask"] == 0] = -100
+            if data.masks is not None:
+                labels[~torch.from_numpy(_padded_masks(data.masks, idx, width))] = -100
             batch["labels"] = labels
     if not causal_lm and data.labels is not None:
         batch["labels"] = torch.from_numpy(data.labels[idx].astype(np.int64))
     return batch
+
+
+def _padded_masks(masks: list[np.ndarray], idx: np.ndarray, width: int) -> np.ndarray:
+    """Bool ``(len(idx), width)``: each example's loss mask, ``False`` on padding."""
+    out = np.zeros((len(idx), width), dtype=bool)
+    for j, i in enumerate(idx):
+        out[j, : len(masks[i])] = masks[i]
+    return out
 
 
 def batches(

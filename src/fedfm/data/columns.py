@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -192,3 +193,100 @@ def test_mask(column: pa.ChunkedArray, *, what: str, name: str) -> np.ndarray:
             "seeded 20% test set"
         )
     return pc.equal(column, "test").to_numpy(zero_copy_only=False).astype(bool)
+
+
+# ---------------------------------------------------------------- instruction conversations
+
+_ROLES = ("system", "user", "assistant")
+
+
+def conversations(
+    column: pa.ChunkedArray, *, what: str, name: str
+) -> list[tuple[dict[str, str], ...]]:
+    """Each row's conversation from a messages column: a list of ``{role, content}``
+    objects (a JSON Lines / Parquet list, or a JSON string per cell, as a CSV holds it).
+
+    The conversations are Python objects in memory (about a kilobyte a row), not Arrow.
+
+    Raises:
+        ConfigError: see :func:`check_conversation`, or a cell that is not such a list.
+    """
+    out = []
+    for row, cell in enumerate(column.to_pylist(), start=1):
+        if isinstance(cell, str):
+            try:
+                cell = json.loads(cell)
+            except ValueError as err:
+                raise ConfigError(
+                    f"{what}: row {row}, column {name!r} (data.messages_column) is text but "
+                    f"not JSON ({err}); write a list of {{role, content}} objects"
+                ) from None
+        out.append(check_conversation(cell, row=row, what=what, where=f"column {name!r}"))
+    return out
+
+
+def prompt_response(
+    prompts: pa.ChunkedArray,
+    responses: pa.ChunkedArray,
+    *,
+    what: str,
+    names: tuple[str, str],
+) -> list[tuple[dict[str, str], ...]]:
+    """Each row's prompt and response as a two-message conversation (user, assistant).
+
+    Raises:
+        ConfigError: a prompt or response that is not text or is missing, or an empty one.
+    """
+    keys = ("prompt_column", "response_column")
+    for column, key, name in zip((prompts, responses), keys, names, strict=True):
+        check_text(column, key=key, name=name, what=what)
+    out = []
+    where = f"columns {names[0]!r} and {names[1]!r}"
+    pairs = zip(prompts.to_pylist(), responses.to_pylist(), strict=True)
+    for row, (p, r) in enumerate(pairs, start=1):
+        messages = [{"role": "user", "content": p}, {"role": "assistant", "content": r}]
+        out.append(check_conversation(messages, row=row, what=what, where=where))
+    return out
+
+
+def check_conversation(
+    messages: Any, *, row: int, what: str, where: str
+) -> tuple[dict[str, str], ...]:
+    """``messages`` as a conversation, checked: a list of ``{role, content}`` with known
+    roles, a user message first (after an optional system message), the last message the
+    assistant's, and no empty message.
+
+    Raises:
+        ConfigError: naming the file, the row (1-based), the column and the fix.
+    """
+    at = f"{what}: row {row}, {where}"
+    if not isinstance(messages, list) or not messages:
+        raise ConfigError(
+            f"{at}: holds {type(messages).__name__} {str(messages)[:60]!r}, not a list of "
+            "{role, content} messages; write the conversation as such a list"
+        )
+    out = []
+    for i, message in enumerate(messages, start=1):
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if role not in _ROLES:
+            raise ConfigError(
+                f"{at}: message {i} has role {role!r}, not one of {list(_ROLES)}; fix it"
+            )
+        if not isinstance(content, str) or not content.strip():
+            part = "response" if i == len(messages) and role == "assistant" else f"message {i}"
+            raise ConfigError(f"{at}: the {part} ({role}) is empty; fill it in or drop the row")
+        out.append({"role": role, "content": content})
+    roles = [m["role"] for m in out]
+    if roles[-1] != "assistant":
+        raise ConfigError(
+            f"{at}: the last message is the {roles[-1]}'s, but an instruction example ends "
+            "with the assistant's response; end it with one or drop the row"
+        )
+    first = next((r for r in roles if r != "system"), None)
+    if first != "user":
+        raise ConfigError(
+            f"{at}: the conversation starts with the {first}'s message, not the user's (after "
+            "an optional system message); start it with the user's or drop the row"
+        )
+    return tuple(out)

@@ -7,8 +7,12 @@ split column (or a ``DatasetDict``'s own ``test``), a seeded test set is held ou
 for the registry's datasets (:func:`~fedfm.datasets.split_indices`, fixed
 ``SPLIT_SEED``), stratified by label and, if there is one, by group.
 
-``data.task = "auto"`` reads a file with a label column as classification, a file without
-one as causal LM (every text a training document).
+``data.task = "auto"`` reads a file with a messages column, or a prompt and a response
+column, as instruction (unless it also has both the text and the label column), else a file
+with a label column as classification, a file without one as causal LM (every text a
+training document). An instruction file's rows are conversations
+(:func:`~fedfm.data.columns.conversations`), held in memory as Python lists; its label
+column, if it has one, gives each row a category.
 
 Texts stay in Arrow (:class:`~fedfm.data.texts.TextColumn`); labels and groups become
 numpy arrays. Rows are taken as they are: repeated texts are not dropped.
@@ -31,12 +35,26 @@ from pathlib import Path
 import numpy as np
 
 from fedfm.config import DataConfig
-from fedfm.data.columns import check_text, group_ids, label_ids, test_mask
+from fedfm.data.columns import (
+    check_text,
+    conversations,
+    group_ids,
+    label_ids,
+    prompt_response,
+    test_mask,
+)
 from fedfm.data.source import Table, open_table
 from fedfm.data.texts import TextColumn
 from fedfm.datasets import split_indices
 from fedfm.errors import ConfigError, closest
-from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION, Dataset, Split
+from fedfm.resources.types import (
+    CAUSAL_LM,
+    CLASSIFICATION,
+    INSTRUCTION,
+    Conversation,
+    Dataset,
+    Split,
+)
 
 DEFAULT_LABEL_COLUMN = "label"
 LABEL_PARTITIONS = ("dirichlet", "shards")  # the partitions that need class labels
@@ -48,8 +66,9 @@ class FileSpec:
 
     Attributes:
         path: the file or ``save_to_disk`` folder.
-        task: ``auto``, ``classification`` or ``causal_lm``.
+        task: ``auto``, ``classification``, ``causal_lm`` or ``instruction``.
         text, pair, label, group, split: column names (``""``: none).
+        prompt, response, messages: an instruction file's column names.
         label_names: declared label names in id order (``()``: from the data).
         what: the file as the user named it, e.g. ``"data.dataset = 'x.csv'"``.
         keys_from: where the column keys came from, appended to a key in messages.
@@ -64,6 +83,9 @@ class FileSpec:
     label: str = DEFAULT_LABEL_COLUMN
     group: str = ""
     split: str = ""
+    prompt: str = "prompt"
+    response: str = "response"
+    messages: str = "messages"
     label_names: tuple[str, ...] = ()
     what: str = ""
     keys_from: str = ""
@@ -81,6 +103,9 @@ class FileSpec:
             label=cfg.label_column,
             group=cfg.group_column,
             split=cfg.split_column,
+            prompt=cfg.prompt_column,
+            response=cfg.response_column,
+            messages=cfg.messages_column,
             label_names=tuple(cfg.label_names),
             what=f"data.dataset = {cfg.dataset!r}",
             min_classes=1 if cfg.label_names else 2,  # declared names: the file may lack some
@@ -93,10 +118,10 @@ class FileRows:
     """Every row of a dataset file, parsed.
 
     Attributes:
-        task: ``classification`` or ``causal_lm`` (``auto`` resolved).
-        texts: the texts, lazily, in file order.
-        labels: int64 ``(N,)`` class ids, or ``None`` for causal LM.
-        label_names: names in id order; ``()`` for causal LM.
+        task: ``classification``, ``causal_lm`` or ``instruction`` (``auto`` resolved).
+        texts: the texts, lazily, in file order; an instruction file's conversations.
+        labels: int64 ``(N,)`` class ids (an instruction file's categories), or ``None``.
+        label_names: names in id order; ``()`` without labels.
         group_codes: int64 ``(N,)``: each row's group as an index into ``group_names``,
             or ``None`` without a group column.
         group_names: the distinct groups, sorted (a numpy str array).
@@ -105,7 +130,7 @@ class FileRows:
     """
 
     task: str
-    texts: TextColumn
+    texts: TextColumn | list[Conversation]
     labels: np.ndarray | None
     label_names: tuple[str, ...]
     group_codes: np.ndarray | None
@@ -115,8 +140,9 @@ class FileRows:
 
     def take(self, rows: np.ndarray) -> Split:
         """The rows ``rows`` as a :class:`Split`."""
+        texts = self.texts
         return Split(
-            inputs=self.texts[rows],
+            inputs=texts[rows] if isinstance(texts, TextColumn) else [texts[i] for i in rows],
             labels=None if self.labels is None else self.labels[rows],
             groups=self.groups(rows),
         )
@@ -156,6 +182,13 @@ def read_file_dataset(cfg: DataConfig) -> Dataset:
             f"{spec.what}: data.partition = 'natural' makes one client per value of "
             f"data.group_column, which is empty: set data.group_column to one of "
             f"{list(rows.columns)}, or use another partition"
+        )
+    if rows.labels is None and cfg.partition in LABEL_PARTITIONS and rows.task == INSTRUCTION:
+        raise ConfigError(
+            f"{spec.what}: data.partition = {cfg.partition!r} splits by category, but the "
+            f"instruction file has no category column {spec.label!r} (data.label_column): set "
+            f"data.label_column to one of {list(rows.columns)}, or use data.partition = 'iid', "
+            "'quantity' or 'natural'"
         )
     if rows.labels is None and cfg.partition in LABEL_PARTITIONS:
         how = "data.task = 'auto' reads it as" if cfg.task == "auto" else "it is"
@@ -212,6 +245,8 @@ def _read_rows(spec: FileSpec, signature: tuple[object, ...]) -> FileRows:
     table = open_table(spec.path, what=spec.what)
     task = _task(spec, table)
     _check_columns(spec, table, task)
+    if task == INSTRUCTION:
+        return _instruction_rows(spec, table)
     data = table.data.data  # the memory-mapped pyarrow table
     check_text(data.column(spec.text), key="text_column", name=spec.text, what=spec.what)
     pair = None
@@ -224,18 +259,65 @@ def _read_rows(spec: FileSpec, signature: tuple[object, ...]) -> FileRows:
     names: tuple[str, ...] = ()
     if task == CLASSIFICATION:
         labels, names = _labels(spec, table)
-    codes = group_names = None
-    if spec.group:
-        codes, group_names = group_ids(data.column(spec.group), what=spec.what, name=spec.group)
+    codes, group_names = _groups(spec, table)
     is_test = _test_rows(spec, table)
     return FileRows(task, texts, labels, names, codes, group_names, is_test, tuple(table.columns))
 
 
-def _task(spec: FileSpec, table: Table) -> str:
-    """``spec.task`` with ``auto`` resolved: classification when the label column exists."""
-    if spec.task in (CLASSIFICATION, CAUSAL_LM):
-        return spec.task
+def _instruction_rows(spec: FileSpec, table: Table) -> FileRows:
+    """An instruction file's conversations (from its messages column, else its prompt and
+    response columns), its categories (the label column, if any) and groups."""
+    data = table.data.data
+    if spec.messages in table.columns:
+        rows = conversations(data.column(spec.messages), what=spec.what, name=spec.messages)
+    else:
+        names = (spec.prompt, spec.response)
+        rows = prompt_response(
+            data.column(spec.prompt), data.column(spec.response), what=spec.what, names=names
+        )
+    labels: np.ndarray | None = None
+    categories: tuple[str, ...] = ()
     if spec.label in table.columns:
+        labels, categories = _label_column(spec, table)
+    elif spec.label != DEFAULT_LABEL_COLUMN:  # named on purpose: a typo
+        _missing(spec, table, "label_column", spec.label)
+    codes, group_names = _groups(spec, table)
+    is_test = _test_rows(spec, table)
+    columns = tuple(table.columns)
+    return FileRows(INSTRUCTION, rows, labels, categories, codes, group_names, is_test, columns)
+
+
+def _groups(spec: FileSpec, table: Table) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if not spec.group:
+        return None, None
+    return group_ids(table.data.data.column(spec.group), what=spec.what, name=spec.group)
+
+
+def _chat_keys(spec: FileSpec, table: Table) -> list[tuple[str, str]]:
+    """The prompt and response column keys of an instruction file without a messages
+    column; a file with neither form is refused."""
+    if spec.prompt not in table.columns and spec.response not in table.columns:
+        raise ConfigError(
+            f"{spec.what}: an instruction file has a messages column (data.messages_column = "
+            f"{spec.messages!r}) or a prompt and a response column (data.prompt_column = "
+            f"{spec.prompt!r}, data.response_column = {spec.response!r}){spec.keys_from}, "
+            f"but the columns of {table.path.name} are {table.columns}: set those keys to "
+            "the file's columns"
+        )
+    return [("prompt_column", spec.prompt), ("response_column", spec.response)]
+
+
+def _task(spec: FileSpec, table: Table) -> str:
+    """``spec.task`` with ``auto`` resolved: instruction when the chat columns exist (and
+    not both the text and the label column), else classification when the label column
+    exists, else causal LM."""
+    if spec.task in (CLASSIFICATION, CAUSAL_LM, INSTRUCTION):
+        return spec.task
+    columns = table.columns
+    chat = spec.messages in columns or (spec.prompt in columns and spec.response in columns)
+    if chat and not (spec.text in columns and spec.label in columns):
+        return INSTRUCTION
+    if spec.label in columns:
         return CLASSIFICATION
     if spec.label != DEFAULT_LABEL_COLUMN:  # named on purpose: a typo, not a text corpus
         _missing(spec, table, "label_column", spec.label)
@@ -245,6 +327,8 @@ def _task(spec: FileSpec, table: Table) -> str:
 def _check_columns(spec: FileSpec, table: Table, task: str) -> None:
     """Refuse a column key that names no column of the file, listing the file's columns."""
     named = [("text_column", spec.text), ("text_pair_column", spec.pair)]
+    if task == INSTRUCTION:
+        named = [] if spec.messages in table.columns else _chat_keys(spec, table)
     if task == CLASSIFICATION:
         named.append(("label_column", spec.label))
     named.append(("group_column", spec.group))
@@ -264,12 +348,12 @@ def _missing(spec: FileSpec, table: Table, key: str, column: str) -> None:
     )
 
 
-def _labels(spec: FileSpec, table: Table) -> tuple[np.ndarray, tuple[str, ...]]:
+def _label_column(spec: FileSpec, table: Table) -> tuple[np.ndarray, tuple[str, ...]]:
     import datasets
 
     feature = table.data.features.get(spec.label)
     class_names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else ()
-    labels, names = label_ids(
+    return label_ids(
         table.data.data.column(spec.label),
         what=spec.what,
         name=spec.label,
@@ -277,6 +361,10 @@ def _labels(spec: FileSpec, table: Table) -> tuple[np.ndarray, tuple[str, ...]]:
         declared=spec.label_names,
         declared_by="data.label_names" + spec.keys_from,
     )
+
+
+def _labels(spec: FileSpec, table: Table) -> tuple[np.ndarray, tuple[str, ...]]:
+    labels, names = _label_column(spec, table)
     present = np.unique(labels)
     if len(present) < spec.min_classes:
         raise ConfigError(

@@ -37,7 +37,7 @@ its labels without ``synthetic.descriptions``.
 from __future__ import annotations
 
 # the built-in datasets, one module each: importing a module registers it
-from fedfm.datasets import digits, sentiment4, shakespeare, sms_spam, trec6
+from fedfm.datasets import digits, instruct, sentiment4, shakespeare, sms_spam, trec6
 from fedfm.datasets.common import (
     DATASETS,
     SPLIT_SEED,
@@ -55,6 +55,7 @@ __all__ = [
     "BuiltinDataset",
     "SyntheticDescription",
     "digits",
+    "instruct",
     "load_dataset",
     "sentiment4",
     "shakespeare",

@@ -20,7 +20,7 @@ from peft.utils import (
 
 from fedfm.config import AdapterConfig
 from fedfm.errors import ConfigError
-from fedfm.resources.types import CAUSAL_LM
+from fedfm.resources.types import is_generative
 
 # peft calls a transformers API that transformers 5 deprecated; the warning is not the user's.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -104,7 +104,7 @@ def find_head(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
 
 
 def _set_head_trainable(model: torch.nn.Module, task: str) -> None:
-    if task == CAUSAL_LM:
+    if is_generative(task):
         return  # the LM head is tied to the embeddings: it stays frozen
     head = find_head(model)
     if head is None:
@@ -144,7 +144,8 @@ def apply_adapter(
         model: a freshly loaded model (all parameters trainable).
         cfg: the ``[adapter]`` config section.
         architecture: ``model.config.model_type`` (``"bert"``, ``"llama"``) or ``"mlp"``.
-        task: ``"classification"`` or ``"causal_lm"``.
+        task: ``"classification"``, or a generative task (``"causal_lm"``,
+            ``"instruction"``, ...): a causal LM, whose output layer is not trained.
 
     Returns:
         The model to train (a peft model for LoRA, the same object otherwise).
@@ -154,7 +155,7 @@ def apply_adapter(
             p.requires_grad_(True)
         return model
     if cfg.method == "head":
-        if task == CAUSAL_LM:
+        if is_generative(task):
             raise ConfigError(
                 "adapter.method = 'head' needs a task head, but causal LM has none "
                 "(its output layer is tied to the embeddings); use 'lora' or 'full'"

@@ -43,7 +43,7 @@ from fedfm.errors import FedFMError
 from fedfm.io import atomic_write_json
 from fedfm.models.lora import factorize
 from fedfm.models.params import Params
-from fedfm.resources.types import CAUSAL_LM
+from fedfm.resources.types import is_generative
 from fedfm.run_files import ADAPTER_DIR, MODEL_DIR, check_can_export
 
 LABELS_FILE = "labels.json"  # class names in id order
@@ -51,7 +51,7 @@ PEFT_METHODS = ("lora", "ia3")
 
 # peft calls a transformers API that transformers 5 deprecated; the warning is not the user's.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-_PEFT_TASK = {CAUSAL_LM: "CAUSAL_LM"}  # every other task is sequence classification
+PEFT_CAUSAL_LM = "CAUSAL_LM"  # peft's task type of every generative task
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Export:
     Attributes:
         kind: ``"peft"`` (``folder`` is a peft adapter folder on ``base``), ``"model"``
             (``folder`` is a standalone model folder) or ``"none"`` (``note`` says why).
-        task: ``"classification"`` or ``"causal_lm"``.
+        task: ``"classification"`` or a generative task (``"causal_lm"``, ``"instruction"``).
         folder: the absolute folder written, or ``None``.
         base: the base model's absolute local folder (``"peft"`` only).
         label_names: class names in id order (empty for causal LM).
@@ -122,7 +122,7 @@ def export_run(
             lora and ia3; the frozen weights still the base model's own).
         tokenizer: its tokenizer (``None`` for feature models).
         method: ``adapter.method``.
-        task: ``"classification"`` or ``"causal_lm"``.
+        task: ``"classification"`` or a generative task (``"causal_lm"``, ``"instruction"``).
         label_names: class names in id order (written to ``labels.json``).
         pretrained: ``model.pretrained``: ``False`` means no folder holds the backbone.
         personalized: every client keeps its own params: there is no single model.
@@ -222,12 +222,12 @@ def _write_adapter_folder(
     config = copy.deepcopy(model.peft_config["default"])
     config.base_model_name_or_path = str(base)
     config.inference_mode = True
-    config.task_type = _PEFT_TASK.get(task, "SEQ_CLS")
+    config.task_type = PEFT_CAUSAL_LM if is_generative(task) else "SEQ_CLS"
     state = {
         k: v.detach().to("cpu", copy=True).contiguous()
         for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()
     }
-    if task != CAUSAL_LM:  # the head, under peft's modules_to_save names
+    if not is_generative(task):  # the head, under peft's modules_to_save names
         head_name, head = _head(model.get_base_model())
         config.modules_to_save = [head_name]
         for key, tensor in head.state_dict().items():
@@ -377,7 +377,7 @@ def load_adapter_folder(
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(adapter))
     auto = (
         transformers.AutoModelForCausalLM
-        if config.task_type == _PEFT_TASK[CAUSAL_LM]
+        if config.task_type == PEFT_CAUSAL_LM
         else transformers.AutoModelForSequenceClassification
     )
     base = config.base_model_name_or_path

@@ -32,7 +32,7 @@ from fedfm.errors import ConfigError
 from fedfm.models.fingerprint import folder_digest, weight_files
 from fedfm.models.params import WeightsOrigin, mark_weights_origin
 from fedfm.resources.models import MODELS, LoadedModel, ModelRequest, unknown_model, with_pad_token
-from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION
+from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION, is_generative
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HEAD_SEGMENTS = ("classifier", "score")  # where a fresh sequence-classification head lives
@@ -116,7 +116,7 @@ def load_folder_model(path: Path, request: ModelRequest) -> LoadedModel:
         kwargs["pad_token_id"] = tokenizer.pad_token_id
     if request.task == CLASSIFICATION:
         kwargs["num_labels"] = request.num_labels
-    auto = _AUTO[request.task]
+    auto = _AUTO[CAUSAL_LM if is_generative(request.task) else request.task]
     dtype = DTYPES[request.dtype]
     model: transformers.PreTrainedModel
     if request.pretrained:

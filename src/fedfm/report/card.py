@@ -17,6 +17,7 @@ from fedfm.io import atomic_write_text
 from fedfm.models.export import ADAPTER_DIR, LABELS_FILE, MODEL_DIR, Export
 from fedfm.report.compare import MISSING, format_metric, format_seconds, markdown_table
 from fedfm.report.plots import format_mb
+from fedfm.resources.types import is_generative
 from fedfm.run_files import MERGED_FILE
 
 _FRONT_MATTER = "---\ntags:\n- fedfm\n- federated-learning\n- peft\n---\n\n"
@@ -130,7 +131,7 @@ def _load_section(run_dir: Path, summary: Mapping[str, Any], export: Export | No
             f"`{MODEL_DIR}/` is a standalone Hugging Face model folder (all weights, tokenizer, "
             "label names). With `transformers` only:"
         )
-    pipe = "text-generation" if export.task == "causal_lm" else "text-classification"
+    pipe = "text-generation" if is_generative(export.task) else "text-classification"
     parts = [
         f"{HF_LOAD_HEADING}\n\n{what}\n\n" + _code_block(code, "python"),
         f"`fedfm export {run} --merged DIR` writes one merged, standalone folder that "
@@ -143,7 +144,7 @@ def _load_section(run_dir: Path, summary: Mapping[str, Any], export: Export | No
 
 
 def _peft_snippet(export: Export) -> str:
-    causal = export.task == "causal_lm"
+    causal = is_generative(export.task)
     auto = "AutoModelForCausalLM" if causal else "AutoModelForSequenceClassification"
     labels = "" if causal else f"id2label={dict(enumerate(export.label_names))!r}, "
     folder = _literal(export.folder)
@@ -158,7 +159,7 @@ def _peft_snippet(export: Export) -> str:
 
 
 def _model_snippet(export: Export) -> str:
-    causal = export.task == "causal_lm"
+    causal = is_generative(export.task)
     auto = "AutoModelForCausalLM" if causal else "AutoModelForSequenceClassification"
     folder = _literal(export.folder)
     return (

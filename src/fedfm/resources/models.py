@@ -33,11 +33,11 @@ from transformers.modeling_outputs import SequenceClassifierOutput  # noqa: E402
 from fedfm.errors import ConfigError, closest  # noqa: E402
 from fedfm.registry import Registry  # noqa: E402
 from fedfm.resources.packages import MINILM_INSTALL, SMOLLM2_INSTALL, package_dir  # noqa: E402
-from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION  # noqa: E402
+from fedfm.resources.types import CLASSIFICATION, GENERATIVE, is_generative  # noqa: E402
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
-TASKS = (CLASSIFICATION, CAUSAL_LM)
+TASKS = (CLASSIFICATION, *GENERATIVE)  # a generative task loads a causal LM
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,8 @@ def load_model(
     Args:
         name: a registry name, one of ``MODELS.names()``, or the path of a Hugging Face
             model folder (see :mod:`fedfm.models.source`).
-        task: ``"classification"`` or ``"causal_lm"``.
+        task: ``"classification"``, or a generative task (``"causal_lm"``,
+            ``"instruction"``, ...), which loads a causal LM.
         num_labels: number of classes (classification only, at least 2).
         pretrained: load the shipped weights; ``False`` builds the same architecture with
             random weights (seed torch first for a reproducible init).
@@ -162,7 +163,7 @@ def _hf_model(
     """Load (or randomly initialise) an HF model of ``request.task`` from a local folder."""
     auto = (
         transformers.AutoModelForCausalLM
-        if request.task == CAUSAL_LM
+        if is_generative(request.task)
         else transformers.AutoModelForSequenceClassification
     )
     kwargs = {"pad_token_id": tokenizer.pad_token_id}

@@ -17,6 +17,7 @@ import torch
 from fedfm.client.context import ClientContext
 from fedfm.config import RunConfig
 from fedfm.data.batching import Encoded, encode
+from fedfm.data.chat import encode_chat, resolve_template
 from fedfm.data.federation import Federation, build_federation, subsample
 from fedfm.data.load import load_data, resolved
 from fedfm.errors import ConfigError
@@ -27,7 +28,7 @@ from fedfm.models.params import Params, backbone_hash, full_model_bytes, get_par
 from fedfm.models.source import check_model_name
 from fedfm.privacy.client_dp import ClientDP
 from fedfm.resources.models import load_model
-from fedfm.resources.types import CAUSAL_LM, Dataset
+from fedfm.resources.types import INSTRUCTION, Dataset, Split, is_generative
 from fedfm.strategies import STRATEGIES, Strategy
 from fedfm.synthetic.dataset import SyntheticSet
 from fedfm.tasks import TASKS, Task
@@ -89,7 +90,9 @@ class Job:
 
     @property
     def causal_lm(self) -> bool:
-        return self.dataset.task == CAUSAL_LM
+        """Whether batches are next-token prediction (labels from the ids): every
+        generative task's."""
+        return is_generative(self.dataset.task)
 
     @property
     def rounds(self) -> int:
@@ -179,6 +182,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def encode_split(split: Split, tokenizer: Any, *, task: str, cfg: RunConfig) -> Encoded:
+    """Tokenise ``split`` for ``task``: an instruction's conversations through the chat
+    template (``model.chat_template``, ``data.system_prompt``) with their loss masks,
+    anything else with :func:`~fedfm.data.batching.encode`."""
+    if task == INSTRUCTION:
+        return encode_chat(
+            split,
+            tokenizer,
+            max_length=cfg.data.max_length,
+            chat_template=cfg.model.chat_template,
+            system_prompt=cfg.data.system_prompt,
+        )
+    return encode(split, tokenizer, max_length=cfg.data.max_length)
+
+
 def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: bool = True) -> Job:
     """Load data and model, partition, wrap the adapter, set up the strategy, the update
     chain and the active features.
@@ -212,6 +230,10 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: 
         dtype=cfg.model.dtype,
         trust_remote_code=cfg.model.trust_remote_code,
     )
+    if dataset.task == INSTRUCTION and loaded.tokenizer is not None:
+        # the export's tokenizer carries the template the run trained with
+        template = resolve_template(loaded.tokenizer, cfg.model.chat_template)
+        loaded.tokenizer.chat_template = template
     model = apply_adapter(
         loaded.model, cfg.adapter, architecture=loaded.architecture, task=dataset.task
     )
@@ -220,8 +242,8 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: 
         cfg=cfg,
         dataset=dataset,
         federation=federation,
-        train=encode(train, loaded.tokenizer, max_length=cfg.data.max_length),
-        test=encode(test, loaded.tokenizer, max_length=cfg.data.max_length),
+        train=encode_split(train, loaded.tokenizer, task=dataset.task, cfg=cfg),
+        test=encode_split(test, loaded.tokenizer, task=dataset.task, cfg=cfg),
         model=model,
         task=TASKS.get(dataset.task)(dataset.num_labels),
         tokenizer=loaded.tokenizer,

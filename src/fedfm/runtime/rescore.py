@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fedfm.config import RunConfig, load_config
-from fedfm.data.batching import batches, encode
+from fedfm.data.batching import batches
 from fedfm.data.federation import subsample
 from fedfm.data.load import is_file_dataset, load_data
 from fedfm.data.texts import TextColumn
@@ -32,9 +32,9 @@ from fedfm.models.adapters import apply_adapter
 from fedfm.models.export import read_labels
 from fedfm.models.params import load_params_file
 from fedfm.resources.models import load_model
-from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION, Dataset, Split
+from fedfm.resources.types import CLASSIFICATION, Dataset, Split, is_generative
 from fedfm.run_files import MERGED_FILE, PARAMS_FILE, check_can_score
-from fedfm.runtime.job import resolve_device
+from fedfm.runtime.job import encode_split, resolve_device
 from fedfm.runtime.run_folder import CONFIG_FILE
 from fedfm.tasks import TASKS
 
@@ -77,14 +77,14 @@ def rescore_run(
         test = align_labels(test, dataset.label_names, labels, source=cfg.data.dataset)
     input_dim = np.asarray(test.inputs).shape[1] if dataset.modality == "features" else 0
     model, tokenizer = _model(cfg, run_dir, task_name, len(labels), input_dim)
-    encoded = encode(test, tokenizer, max_length=cfg.data.max_length)
+    encoded = encode_split(test, tokenizer, task=task_name, cfg=cfg)
     metrics = TASKS.get(task_name)(len(labels)).evaluate(
         model,
         batches(
             encoded,
             np.arange(len(encoded)),
             batch_size=cfg.eval.batch_size,
-            causal_lm=task_name == CAUSAL_LM,
+            causal_lm=is_generative(task_name),
         ),
     )
     return {

@@ -181,8 +181,40 @@ def _summary(
         "total_params": job.total_params,
         "backbone_hash": job.backbone,
         "excluded_updates": sum(len(r["excluded"]) for r in records),
+        **_truncations(job),
         **each(job.features, lambda f: f.summary(job, records)),
     }
+
+
+def _truncations(job: Job) -> dict[str, Any]:
+    """An instruction run's examples cut to ``data.max_length``, in the training pool and
+    the test set: their prompt side shortened, their response's end cut (see
+    :mod:`fedfm.data.chat`); nothing for the other tasks."""
+    if job.train.masks is None:
+        return {}
+    return {
+        "truncated_prompts": {
+            "train": job.train.truncated_prompts,
+            "test": job.test.truncated_prompts,
+        },
+        "truncated_responses": {
+            "train": job.train.truncated_responses,
+            "test": job.test.truncated_responses,
+        },
+    }
+
+
+def _truncation_warning(job: Job) -> str | None:
+    """A line for the start of a run whose responses were cut, else ``None``."""
+    cut = job.train.truncated_responses + job.test.truncated_responses
+    if not cut:
+        return None
+    return (
+        f"warning: {job.train.truncated_responses} of {len(job.train)} training and "
+        f"{job.test.truncated_responses} of {len(job.test)} test responses are longer than "
+        f"data.max_length = {job.cfg.data.max_length} tokens and lose their end (counted in "
+        "summary.json as truncated_responses); raise data.max_length to keep them whole"
+    )
 
 
 MERGED_FILE = run_files.MERGED_FILE  # dense additions to frozen weights (flora, reproject off)
@@ -238,7 +270,8 @@ def _export(job: Job, params: Params, run_dir: Path) -> Export:
         tokenizer=job.tokenizer,
         method=job.cfg.adapter.method,
         task=job.dataset.task,
-        label_names=job.dataset.label_names,
+        # an instruction dataset's label names are categories of rows, not of the model
+        label_names=() if job.causal_lm else job.dataset.label_names,
         pretrained=job.cfg.model.pretrained,
         personalized=job.strategy.personalized,
         backbone_delta=job.strategy.backbone_delta(),
@@ -270,6 +303,9 @@ def _begin(
         f" of {job.total_params:,} params · backbone {job.backbone} · {cfg.strategy.name}",
         soft_wrap=True,
     )
+    warning = _truncation_warning(job)
+    if warning:
+        console.print(warning, soft_wrap=True, highlight=False, markup=False)
     for feature in job.features:  # e.g. the DP budget, a server warm-up
         feature.start(job, run_dir, state.round)
         for line in feature.banner(job):
