@@ -81,10 +81,13 @@ class DataConfig:
     task: str = knob(
         "auto",
         "a data file's task: `classification`, `causal_lm`, `instruction` (chat: the loss on "
-        "the assistant's tokens only), or `auto` = instruction if the file has "
-        "`data.messages_column` or `data.prompt_column` and `data.response_column` (and not "
-        "both `data.text_column` and `data.label_column`), else classification if it has "
-        "`data.label_column`, else causal LM (a registry dataset must leave `auto`)",
+        "the assistant's tokens only), `preference` (DPO on a prompt with a chosen and a "
+        "rejected response, see [docs/instruct.md](docs/instruct.md)), or `auto` = "
+        "preference if the file has `data.chosen_column` and `data.rejected_column`, else "
+        "instruction if it has `data.messages_column` or `data.prompt_column` and "
+        "`data.response_column` (and not both `data.text_column` and `data.label_column`), "
+        "else classification if it has `data.label_column`, else causal LM (a registry "
+        "dataset must leave `auto`)",
     )
     text_column: str = knob("text", "a data file's text column (causal LM: the document to model)")
     text_pair_column: str = knob(
@@ -110,7 +113,9 @@ class DataConfig:
         "by label (and group), as for the registry's datasets",
     )
     prompt_column: str = knob(
-        "prompt", "instruction: a data file's prompt column (the user's message)"
+        "prompt",
+        "instruction and preference: a data file's prompt column (the user's message; for "
+        "preference also a list of `{role, content}` messages ending with the user's)",
     )
     response_column: str = knob(
         "response", "instruction: a data file's response column (the assistant's message)"
@@ -126,6 +131,12 @@ class DataConfig:
         "",
         'instruction: a system message put before every conversation that has none; `""` '
         "= none (the chat template's own default, if it has one)",
+    )
+    chosen_column: str = knob(
+        "chosen", "preference: a data file's preferred response column (the assistant's)"
+    )
+    rejected_column: str = knob(
+        "rejected", "preference: a data file's rejected response column (the assistant's)"
     )
 
 
@@ -156,6 +167,12 @@ class ModelConfig:
         "",
         "instruction: the Jinja chat template that renders conversations, or the path of a "
         'file holding one; `""` = the tokenizer\'s own (a model without one is refused)',
+    )
+    init_adapter: str = knob(
+        "",
+        "a finished run folder whose final params (`adapter.safetensors`) this run starts "
+        "from, e.g. an instruction (SFT) run before a preference (DPO) run; the backbone and "
+        'the adapter config must be that run\'s. `""` = a fresh adapter',
     )
 
 
@@ -197,6 +214,11 @@ class ClientConfig:
         "while it trains: balanced softmax against label skew; evaluation is unchanged; "
         "personalised runs always use `ce`) or `ce` (plain cross-entropy; experiments E1-E6 "
         "ran with it). See [docs/label-skew.md](docs/label-skew.md)",
+    )
+    dpo_beta: float = knob(
+        0.1,
+        "preference: DPO's beta, the weight of the implicit reward `beta * log(policy / "
+        "reference)`; larger = stay closer to the reference",
     )
 
 
@@ -574,6 +596,29 @@ class EvalConfig:
     batch_size: int = knob(
         256, "evaluation batch size (batches sorted by length, under `inference_mode`)"
     )
+    generate: bool = knob(
+        False,
+        "instruction: also score the model's greedy responses to held-out prompts "
+        "(`test_gen_*`, `client_gen_*`) and write `generations.md`. See "
+        "[docs/generation.md](docs/generation.md)",
+    )
+    max_new_tokens: int = knob(64, "`eval.generate`: the most tokens generated per response")
+    generate_examples: int = knob(
+        8, "`eval.generate`: test examples shown in the run's `generations.md`; 0 = no file"
+    )
+    scorer: str = knob(
+        "text",
+        "`eval.generate`: `text` (exact match after normalisation, and ROUGE-L, the main "
+        "score) or `label` (accuracy: the response names the reference label)",
+    )
+    generate_batch_size: int = knob(
+        16, "`eval.generate`: prompts generated together (left-padded, with the KV cache)"
+    )
+    generate_max_prompts: int = knob(
+        0,
+        "`eval.generate`: 0 = every held-out example; N = a seeded subset of N test prompts "
+        "and at most N per client (bounds the time generation takes)",
+    )
 
 
 @dataclass(frozen=True)
@@ -691,6 +736,8 @@ _POSITIVE = {
     "client.batch_size",
     "eval.batch_size",
     "eval.every",
+    "eval.max_new_tokens",
+    "eval.generate_batch_size",
     "remote.max_examples",
 }
 _NON_NEGATIVE = {
@@ -721,10 +768,13 @@ _NON_NEGATIVE = {
     "synthetic.ratio",
     "synthetic.examples_per_prompt",
     "remote.patience",
+    "eval.generate_examples",
+    "eval.generate_max_prompts",
 }
 _STRICTLY_POSITIVE_FLOATS = {
     "data.alpha",
     "client.lr",
+    "client.dpo_beta",
     "strategy.server_lr",
     "strategy.tau",
     "adapter.alpha",
@@ -743,7 +793,7 @@ _UNIT_INTERVAL = {"strategy.beta1", "strategy.beta2", "strategy.server_momentum"
 _CHOICES = {
     "adapter.method": ("lora", "ia3", "bitfit", "head", "full"),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "data.task": ("auto", "classification", "causal_lm", "instruction"),
+    "data.task": ("auto", "classification", "causal_lm", "instruction", "preference"),
     "client.optimizer": ("adamw", "adam", "sgd"),
     "client.loss": ("ce", "balanced"),
     "compression.method": ("none", "quantize", "topk"),
@@ -756,6 +806,7 @@ _CHOICES = {
     "robust.aggregator": ("mean", "median", "trimmed_mean", "krum", "multikrum"),
     "attack.kind": ("none", "label_flip", "sign_flip", "scale", "noise", "backdoor"),
     "synthetic.mode": ("none", "server_warmup", "client_mix", "synthetic_only"),
+    "eval.scorer": ("label", "text"),  # fedfm.generation.SCORERS' names (a test checks)
 }
 _OPEN_UNIT = {  # (0, 1)
     "privacy.delta",
@@ -856,6 +907,17 @@ def _data_file_problems(flat: dict[str, Any]) -> list[str]:
             f"data.prompt_column and data.response_column both name column "
             f"{flat['data.prompt_column']!r}: give each its own"
         )
+    chosen, rejected = flat["data.chosen_column"], flat["data.rejected_column"]
+    if chosen == rejected:
+        problems.append(
+            f"data.chosen_column and data.rejected_column both name column {chosen!r}: give "
+            "each its own"
+        )
+    for key, column in (("chosen_column", chosen), ("rejected_column", rejected)):
+        if column == flat["data.prompt_column"]:
+            problems.append(
+                f"data.prompt_column and data.{key} both name column {column!r}: give each its own"
+            )
     keys = ("text_column", "text_pair_column", "label_column", "group_column", "split_column")
     used = [(k, flat[f"data.{k}"]) for k in keys if flat[f"data.{k}"]]
     for i, (key, column) in enumerate(used):

@@ -23,6 +23,7 @@ PARAMS_FILE = "adapter.safetensors"  # the final global params (fedfm's format)
 ADAPTER_DIR = "adapter"  # a peft adapter folder (lora, ia3)
 MODEL_DIR = "model"  # a standalone Hugging Face model folder (head, bitfit, full)
 MERGED_FILE = "merged.safetensors"  # FLoRA (reproject off): its rounds merged into the backbone
+GENERATIONS_FILE = "generations.md"  # eval.generate: generated examples, a markdown table
 
 
 def check_can_score(run_dir: Path) -> None:

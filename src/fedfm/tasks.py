@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,8 +17,13 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score, recall_score
 
 from fedfm.data.batching import Batch
+from fedfm.dpo import DPOResult, dpo_loss, sequence_logps
+from fedfm.errors import ConfigError
 from fedfm.registry import Registry
-from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION, INSTRUCTION
+from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION, INSTRUCTION, PREFERENCE
+
+if TYPE_CHECKING:
+    from fedfm.config import RunConfig
 
 
 def _logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -41,6 +46,11 @@ class Task(ABC):
 
     def __init__(self, num_labels: int = 0) -> None:
         self.num_labels = num_labels
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, num_labels: int = 0) -> Task:
+        """The task as a run configures it (a task with knobs of its own reads them here)."""
+        return cls(num_labels)
 
     @abstractmethod
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor: ...
@@ -172,3 +182,80 @@ class Instruction(CausalLM):
     """
 
     name = INSTRUCTION
+
+
+def _reference_off(model: torch.nn.Module) -> Any:
+    """``model.disable_adapter()``: the frozen backbone alone, DPO's reference model."""
+    disable = getattr(model, "disable_adapter", None)
+    if disable is None:
+        raise ConfigError(
+            f"data.task = 'preference' scores the reference with the adapter switched off, but "
+            f"{type(model).__name__} has no adapter to switch off: set adapter.method = 'lora' "
+            "or 'ia3'"
+        )
+    return disable()
+
+
+@TASKS.register(PREFERENCE)
+class Preference(Task):
+    """Preference alignment by DPO (:mod:`fedfm.dpo`) on batches of ``k`` pairs laid out as
+    ``2k`` rows, the chosen sequences first (:func:`~fedfm.data.batching.collate`), their
+    labels ``-100`` outside the responses.
+
+    The policy is the model with its adapter; the reference is the same model with the
+    adapter switched off (``model.disable_adapter()``, peft's LoRA or IA3), in eval mode and
+    without gradients: the frozen backbone, with no second copy of the model in memory.
+    Evaluation: the held-out DPO loss, the preference accuracy (the share of pairs whose
+    chosen response gets the larger implicit reward) and the mean reward margin.
+
+    Example:
+        >>> task = Preference(beta=0.1)
+        >>> task.main_metric, task.higher_is_better, task.beta
+        ('preference_accuracy', True, 0.1)
+    """
+
+    name = PREFERENCE
+    main_metric = "preference_accuracy"
+    higher_is_better = True
+
+    def __init__(self, num_labels: int = 0, *, beta: float = 0.1) -> None:
+        super().__init__(num_labels)
+        self.beta = beta
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, num_labels: int = 0) -> Task:
+        return cls(num_labels, beta=cfg.client.dpo_beta)
+
+    def dpo(self, model: torch.nn.Module, batch: Batch) -> DPOResult:
+        """The DPO loss and rewards of one batch of pairs: the policy's log-probabilities
+        from one forward over the ``2k`` rows, the reference's from another with the
+        adapter off."""
+        labels = batch["labels"]
+        policy = sequence_logps(_logits(model, batch), labels)  # (2k,)
+        training = model.training
+        model.eval()  # the reference is the frozen backbone as it is: no dropout
+        try:
+            with torch.no_grad(), _reference_off(model):
+                reference = sequence_logps(_logits(model, batch), labels)
+        finally:
+            model.train(training)
+        k = len(policy) // 2
+        return dpo_loss(policy[:k], policy[k:], reference[:k], reference[k:], beta=self.beta)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        return self.dpo(model, batch).loss
+
+    @torch.inference_mode()
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, Any]:
+        loss_sum, chosen, rejected = 0.0, [], []
+        for batch in _on_model_device(model, batches):
+            result = self.dpo(model, batch)
+            loss_sum += result.loss.item() * len(result.chosen_rewards)
+            chosen.append(result.chosen_rewards)
+            rejected.append(result.rejected_rewards)
+        pooled = DPOResult(torch.tensor(0.0), torch.cat(chosen), torch.cat(rejected))
+        return {
+            "loss": loss_sum / max(len(pooled.chosen_rewards), 1),
+            "preference_accuracy": pooled.accuracy,
+            "reward_margin": pooled.margin,
+        }

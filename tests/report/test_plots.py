@@ -81,6 +81,8 @@ def test_plot_comparison_one_line_per_run(tmp_path: Path) -> None:
 def test_main_metric_is_chosen_by_which_key_exists() -> None:
     assert main_metric(classification_records()) == "test_accuracy"
     assert main_metric(causal_lm_records()) == "test_perplexity"
+    preference = [{"round": 1, "test_preference_accuracy": 0.5}]
+    assert main_metric(preference) == "test_preference_accuracy"
     assert main_metric([{"round": 1, "train_loss": 1.0}]) is None
 
 

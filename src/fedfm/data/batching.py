@@ -30,6 +30,11 @@ class Encoded:
             instruction's assistant tokens, :mod:`fedfm.data.chat`); ``None``: every token.
         truncated_prompts: examples whose start (prompt side) was cut to fit ``max_length``.
         truncated_responses: examples whose response's end was cut (it alone did not fit).
+        rejected: preference pairs (:mod:`fedfm.data.preference`): per pair the rejected
+            sequence, ``ids`` holding the chosen one; ``None`` for every other task. An
+            example is then a pair: ``len`` counts pairs, and a batch of ``k`` pairs is
+            ``2k`` rows, the ``k`` chosen first, then the ``k`` rejected (:func:`collate`).
+        rejected_masks: the rejected sequences' loss masks (set with ``rejected``).
     """
 
     ids: list[np.ndarray] | RaggedIds | None
@@ -39,6 +44,8 @@ class Encoded:
     masks: list[np.ndarray] | None = None
     truncated_prompts: int = 0
     truncated_responses: int = 0
+    rejected: list[np.ndarray] | None = None
+    rejected_masks: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         if self.ids is not None:
@@ -51,7 +58,11 @@ class Encoded:
             return np.ones(len(self), dtype=np.int64)
         if isinstance(self.ids, RaggedIds):
             return self.ids.lengths()
-        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+        lengths = np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+        if self.rejected is not None:  # a pair is as long as its longer sequence
+            rejected = np.fromiter((len(x) for x in self.rejected), dtype=np.int64, count=len(self))
+            lengths = np.maximum(lengths, rejected)
+        return lengths
 
 
 def encode(split: Split, tokenizer, *, max_length: int) -> Encoded:  # noqa: ANN001
@@ -76,7 +87,9 @@ def collate(data: Encoded, indices: Sequence[int] | np.ndarray, *, causal_lm: bo
     """One batch of ``indices``, padded to the longest example in it.
 
     Causal LM labels are the input ids, ``-100`` (ignored) on padding and, where
-    ``data.masks`` exists, on every token outside the mask.
+    ``data.masks`` exists, on every token outside the mask. Preference pairs
+    (``data.rejected``) give ``2 * len(indices)`` rows: the chosen sequences in the order of
+    ``indices``, then the rejected ones in the same order, padded together.
     """
     idx = np.asarray(indices)
     if data.ids is None:
@@ -84,6 +97,11 @@ def collate(data: Encoded, indices: Sequence[int] | np.ndarray, *, causal_lm: bo
         batch = {"x": torch.from_numpy(data.features[idx])}
     else:
         rows = [data.ids[i] for i in idx]
+        masks = None if data.masks is None else [data.masks[i] for i in idx]
+        if data.rejected is not None:  # (2k, T): the k chosen, then the k rejected
+            assert masks is not None and data.rejected_masks is not None  # set together
+            rows += [data.rejected[i] for i in idx]
+            masks += [data.rejected_masks[i] for i in idx]
         width = max(len(r) for r in rows)
         input_ids = np.full((len(rows), width), data.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -94,19 +112,19 @@ def collate(data: Encoded, indices: Sequence[int] | np.ndarray, *, causal_lm: bo
         if causal_lm:
             labels = batch["input_ids"].clone()
             labels[batch["attention_mask"] == 0] = -100
-            if data.masks is not None:
-                labels[~torch.from_numpy(_padded_masks(data.masks, idx, width))] = -100
+            if masks is not None:
+                labels[~torch.from_numpy(_padded_masks(masks, width))] = -100
             batch["labels"] = labels
     if not causal_lm and data.labels is not None:
         batch["labels"] = torch.from_numpy(data.labels[idx].astype(np.int64))
     return batch
 
 
-def _padded_masks(masks: list[np.ndarray], idx: np.ndarray, width: int) -> np.ndarray:
-    """Bool ``(len(idx), width)``: each example's loss mask, ``False`` on padding."""
-    out = np.zeros((len(idx), width), dtype=bool)
-    for j, i in enumerate(idx):
-        out[j, : len(masks[i])] = masks[i]
+def _padded_masks(masks: list[np.ndarray], width: int) -> np.ndarray:
+    """Bool ``(len(masks), width)``: each row's loss mask, ``False`` on padding."""
+    out = np.zeros((len(masks), width), dtype=bool)
+    for j, mask in enumerate(masks):
+        out[j, : len(mask)] = mask
     return out
 
 

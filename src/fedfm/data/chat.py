@@ -103,8 +103,8 @@ def resolve_template(tokenizer: Any, chat_template: str = "") -> str:
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         raise ConfigError(
             f"the tokenizer of {name!r} has no chat template, which data.task = 'instruction' "
-            "renders conversations with: set model.chat_template to a Jinja template (or the "
-            "path of a file holding one), e.g. ChatML's"
+            "(and 'preference') renders conversations with: set model.chat_template to a "
+            "Jinja template (or the path of a file holding one), e.g. ChatML's"
         )
     return str(own)
 
@@ -172,8 +172,9 @@ def render(
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(
-            f"data.task = 'instruction' needs a fast tokenizer (character offsets), but "
-            f"{type(tokenizer).__name__} is not one: save the model with a tokenizer.json"
+            "data.task = 'instruction' (and 'preference') needs a fast tokenizer (character "
+            f"offsets), but {type(tokenizer).__name__} is not one: save the model with a "
+            "tokenizer.json"
         )
     messages = with_system(conversation, system_prompt)
     text, spans = assistant_spans(tokenizer, messages, template)

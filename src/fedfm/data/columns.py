@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fedfm.errors import ConfigError
+from fedfm.resources.types import Conversation, PreferencePair
 
 _SHOWN = 12  # values listed in a message before eliding
 
@@ -249,12 +251,69 @@ def prompt_response(
     return out
 
 
+def preference_pairs(
+    prompts: pa.ChunkedArray,
+    chosen: pa.ChunkedArray,
+    rejected: pa.ChunkedArray,
+    *,
+    what: str,
+    names: tuple[str, str, str],
+) -> list[PreferencePair]:
+    """Each row's prompt, chosen and rejected response as a :class:`PreferencePair`.
+
+    A prompt is text (one user message) or a list of ``{role, content}`` messages ending
+    with the user's (a JSON Lines / Parquet list, or its JSON text, as a CSV holds it).
+
+    Raises:
+        ConfigError: naming the row and the column: a missing or empty response, a response
+            that is not text, or a prompt that is neither text nor such a list.
+    """
+    for column, key, name in zip(
+        (chosen, rejected), ("chosen_column", "rejected_column"), names[1:], strict=True
+    ):
+        check_text(column, key=key, name=name, what=what)
+    row = first_null_row(prompts)
+    if row is not None:
+        raise ConfigError(
+            f"{what}: row {row} has no {names[0]!r} (data.prompt_column); fill it in or drop "
+            "the row"
+        )
+    out = []
+    cells = zip(prompts.to_pylist(), chosen.to_pylist(), rejected.to_pylist(), strict=True)
+    for row, (prompt, good, bad) in enumerate(cells, start=1):
+        for text, name, key in ((good, names[1], "chosen"), (bad, names[2], "rejected")):
+            if not text.strip():
+                raise ConfigError(
+                    f"{what}: row {row}, column {name!r} (data.{key}_column): the {key} "
+                    "response is empty; fill it in or drop the row"
+                )
+        messages = _prompt_messages(prompt, row=row, what=what, name=names[0])
+        out.append(PreferencePair(messages, good, bad))
+    return out
+
+
+def _prompt_messages(cell: Any, *, row: int, what: str, name: str) -> Conversation:
+    """A preference prompt cell as a conversation ending with the user's message."""
+    where = f"column {name!r} (data.prompt_column)"
+    if isinstance(cell, str) and cell.lstrip().startswith("["):
+        with contextlib.suppress(ValueError):  # else text that happens to start with "["
+            cell = json.loads(cell)
+    if isinstance(cell, str):
+        if not cell.strip():
+            raise ConfigError(
+                f"{what}: row {row}, {where}: the prompt is empty; fill it in or drop the row"
+            )
+        cell = [{"role": "user", "content": cell}]
+    return check_conversation(cell, row=row, what=what, where=where, ends_with="user")
+
+
 def check_conversation(
-    messages: Any, *, row: int, what: str, where: str
+    messages: Any, *, row: int, what: str, where: str, ends_with: str = "assistant"
 ) -> tuple[dict[str, str], ...]:
     """``messages`` as a conversation, checked: a list of ``{role, content}`` with known
     roles, a user message first (after an optional system message), the last message the
-    assistant's, and no empty message.
+    ``ends_with``'s (an instruction example's response: the assistant's; a preference
+    prompt: the user's), and no empty message.
 
     Raises:
         ConfigError: naming the file, the row (1-based), the column and the fix.
@@ -278,10 +337,15 @@ def check_conversation(
             raise ConfigError(f"{at}: the {part} ({role}) is empty; fill it in or drop the row")
         out.append({"role": role, "content": content})
     roles = [m["role"] for m in out]
-    if roles[-1] != "assistant":
+    if roles[-1] != ends_with:
+        example = (
+            "an instruction example ends with the assistant's response"
+            if ends_with == "assistant"
+            else "a preference prompt ends with the user's message (the responses follow it)"
+        )
         raise ConfigError(
-            f"{at}: the last message is the {roles[-1]}'s, but an instruction example ends "
-            "with the assistant's response; end it with one or drop the row"
+            f"{at}: the last message is the {roles[-1]}'s, but {example}; end it with one or "
+            "drop the row"
         )
     first = next((r for r in roles if r != "system"), None)
     if first != "user":

@@ -7,12 +7,14 @@ split column (or a ``DatasetDict``'s own ``test``), a seeded test set is held ou
 for the registry's datasets (:func:`~fedfm.datasets.split_indices`, fixed
 ``SPLIT_SEED``), stratified by label and, if there is one, by group.
 
-``data.task = "auto"`` reads a file with a messages column, or a prompt and a response
-column, as instruction (unless it also has both the text and the label column), else a file
-with a label column as classification, a file without one as causal LM (every text a
-training document). An instruction file's rows are conversations
-(:func:`~fedfm.data.columns.conversations`), held in memory as Python lists; its label
-column, if it has one, gives each row a category.
+``data.task = "auto"`` reads a file with a chosen and a rejected column as preference, else a
+file with a messages column, or a prompt and a response column, as instruction (unless it
+also has both the text and the label column), else a file with a label column as
+classification, a file without one as causal LM (every text a training document). An
+instruction file's rows are conversations (:func:`~fedfm.data.columns.conversations`), a
+preference file's prompt, chosen and rejected responses
+(:func:`~fedfm.data.columns.preference_pairs`), held in memory as Python lists; the label
+column, if the file has it, gives each row a category.
 
 Texts stay in Arrow (:class:`~fedfm.data.texts.TextColumn`); labels and groups become
 numpy arrays. Rows are taken as they are: repeated texts are not dropped.
@@ -40,6 +42,7 @@ from fedfm.data.columns import (
     conversations,
     group_ids,
     label_ids,
+    preference_pairs,
     prompt_response,
     test_mask,
 )
@@ -51,13 +54,16 @@ from fedfm.resources.types import (
     CAUSAL_LM,
     CLASSIFICATION,
     INSTRUCTION,
+    PREFERENCE,
     Conversation,
     Dataset,
+    PreferencePair,
     Split,
 )
 
 DEFAULT_LABEL_COLUMN = "label"
 LABEL_PARTITIONS = ("dirichlet", "shards")  # the partitions that need class labels
+CHAT_TASKS = (INSTRUCTION, PREFERENCE)  # rows held as Python objects; labels are categories
 
 
 @dataclass(frozen=True)
@@ -66,9 +72,10 @@ class FileSpec:
 
     Attributes:
         path: the file or ``save_to_disk`` folder.
-        task: ``auto``, ``classification``, ``causal_lm`` or ``instruction``.
+        task: ``auto``, ``classification``, ``causal_lm``, ``instruction`` or ``preference``.
         text, pair, label, group, split: column names (``""``: none).
         prompt, response, messages: an instruction file's column names.
+        chosen, rejected: a preference file's response columns (its prompt: ``prompt``).
         label_names: declared label names in id order (``()``: from the data).
         what: the file as the user named it, e.g. ``"data.dataset = 'x.csv'"``.
         keys_from: where the column keys came from, appended to a key in messages.
@@ -86,6 +93,8 @@ class FileSpec:
     prompt: str = "prompt"
     response: str = "response"
     messages: str = "messages"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
     label_names: tuple[str, ...] = ()
     what: str = ""
     keys_from: str = ""
@@ -106,6 +115,8 @@ class FileSpec:
             prompt=cfg.prompt_column,
             response=cfg.response_column,
             messages=cfg.messages_column,
+            chosen=cfg.chosen_column,
+            rejected=cfg.rejected_column,
             label_names=tuple(cfg.label_names),
             what=f"data.dataset = {cfg.dataset!r}",
             min_classes=1 if cfg.label_names else 2,  # declared names: the file may lack some
@@ -118,9 +129,12 @@ class FileRows:
     """Every row of a dataset file, parsed.
 
     Attributes:
-        task: ``classification``, ``causal_lm`` or ``instruction`` (``auto`` resolved).
-        texts: the texts, lazily, in file order; an instruction file's conversations.
-        labels: int64 ``(N,)`` class ids (an instruction file's categories), or ``None``.
+        task: ``classification``, ``causal_lm``, ``instruction`` or ``preference``
+            (``auto`` resolved).
+        texts: the texts, lazily, in file order; an instruction file's conversations, a
+            preference file's pairs.
+        labels: int64 ``(N,)`` class ids (an instruction or preference file's categories),
+            or ``None``.
         label_names: names in id order; ``()`` without labels.
         group_codes: int64 ``(N,)``: each row's group as an index into ``group_names``,
             or ``None`` without a group column.
@@ -130,7 +144,7 @@ class FileRows:
     """
 
     task: str
-    texts: TextColumn | list[Conversation]
+    texts: TextColumn | list[Conversation] | list[PreferencePair]
     labels: np.ndarray | None
     label_names: tuple[str, ...]
     group_codes: np.ndarray | None
@@ -183,10 +197,10 @@ def read_file_dataset(cfg: DataConfig) -> Dataset:
             f"data.group_column, which is empty: set data.group_column to one of "
             f"{list(rows.columns)}, or use another partition"
         )
-    if rows.labels is None and cfg.partition in LABEL_PARTITIONS and rows.task == INSTRUCTION:
+    if rows.labels is None and cfg.partition in LABEL_PARTITIONS and rows.task in CHAT_TASKS:
         raise ConfigError(
             f"{spec.what}: data.partition = {cfg.partition!r} splits by category, but the "
-            f"instruction file has no category column {spec.label!r} (data.label_column): set "
+            f"{rows.task} file has no category column {spec.label!r} (data.label_column): set "
             f"data.label_column to one of {list(rows.columns)}, or use data.partition = 'iid', "
             "'quantity' or 'natural'"
         )
@@ -245,8 +259,8 @@ def _read_rows(spec: FileSpec, signature: tuple[object, ...]) -> FileRows:
     table = open_table(spec.path, what=spec.what)
     task = _task(spec, table)
     _check_columns(spec, table, task)
-    if task == INSTRUCTION:
-        return _instruction_rows(spec, table)
+    if task in CHAT_TASKS:
+        return _chat_rows(spec, table, task)
     data = table.data.data  # the memory-mapped pyarrow table
     check_text(data.column(spec.text), key="text_column", name=spec.text, what=spec.what)
     pair = None
@@ -264,11 +278,17 @@ def _read_rows(spec: FileSpec, signature: tuple[object, ...]) -> FileRows:
     return FileRows(task, texts, labels, names, codes, group_names, is_test, tuple(table.columns))
 
 
-def _instruction_rows(spec: FileSpec, table: Table) -> FileRows:
+def _chat_rows(spec: FileSpec, table: Table, task: str) -> FileRows:
     """An instruction file's conversations (from its messages column, else its prompt and
-    response columns), its categories (the label column, if any) and groups."""
+    response columns) or a preference file's pairs, its categories (the label column, if
+    any) and groups."""
     data = table.data.data
-    if spec.messages in table.columns:
+    rows: list[Conversation] | list[PreferencePair]
+    if task == PREFERENCE:
+        pair = (spec.prompt, spec.chosen, spec.rejected)
+        prompts, chosen, rejected = (data.column(name) for name in pair)
+        rows = preference_pairs(prompts, chosen, rejected, what=spec.what, names=pair)
+    elif spec.messages in table.columns:
         rows = conversations(data.column(spec.messages), what=spec.what, name=spec.messages)
     else:
         names = (spec.prompt, spec.response)
@@ -284,7 +304,7 @@ def _instruction_rows(spec: FileSpec, table: Table) -> FileRows:
     codes, group_names = _groups(spec, table)
     is_test = _test_rows(spec, table)
     columns = tuple(table.columns)
-    return FileRows(INSTRUCTION, rows, labels, categories, codes, group_names, is_test, columns)
+    return FileRows(task, rows, labels, categories, codes, group_names, is_test, columns)
 
 
 def _groups(spec: FileSpec, table: Table) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -308,12 +328,14 @@ def _chat_keys(spec: FileSpec, table: Table) -> list[tuple[str, str]]:
 
 
 def _task(spec: FileSpec, table: Table) -> str:
-    """``spec.task`` with ``auto`` resolved: instruction when the chat columns exist (and
-    not both the text and the label column), else classification when the label column
-    exists, else causal LM."""
-    if spec.task in (CLASSIFICATION, CAUSAL_LM, INSTRUCTION):
+    """``spec.task`` with ``auto`` resolved: preference when the chosen and the rejected
+    columns exist, else instruction when the chat columns exist (and not both the text and
+    the label column), else classification when the label column exists, else causal LM."""
+    if spec.task in (CLASSIFICATION, CAUSAL_LM, INSTRUCTION, PREFERENCE):
         return spec.task
     columns = table.columns
+    if spec.chosen in columns and spec.rejected in columns:
+        return PREFERENCE
     chat = spec.messages in columns or (spec.prompt in columns and spec.response in columns)
     if chat and not (spec.text in columns and spec.label in columns):
         return INSTRUCTION
@@ -329,6 +351,9 @@ def _check_columns(spec: FileSpec, table: Table, task: str) -> None:
     named = [("text_column", spec.text), ("text_pair_column", spec.pair)]
     if task == INSTRUCTION:
         named = [] if spec.messages in table.columns else _chat_keys(spec, table)
+    if task == PREFERENCE:
+        keys = ("prompt_column", "chosen_column", "rejected_column")
+        named = list(zip(keys, (spec.prompt, spec.chosen, spec.rejected), strict=True))
     if task == CLASSIFICATION:
         named.append(("label_column", spec.label))
     named.append(("group_column", spec.group))

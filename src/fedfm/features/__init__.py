@@ -15,7 +15,17 @@ import importlib
 
 from fedfm.features.base import FEATURES, Feature, config_problems, each, start_features
 
-MODULES = ("system", "synthetic", "attacks", "secagg", "robust", "client_dp", "dpsgd", "personal")
+MODULES = (
+    "system",
+    "synthetic",
+    "attacks",
+    "secagg",
+    "robust",
+    "client_dp",
+    "dpsgd",
+    "personal",
+    "generation",
+)
 for _module in MODULES:  # registers each, in this order
     importlib.import_module(f"fedfm.features.{_module}")
 

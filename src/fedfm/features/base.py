@@ -3,8 +3,8 @@
 A feature is one module that registers one :class:`Feature` subclass. The job keeps an
 instance of every feature whose :meth:`Feature.active` holds for the config, in
 registration order, and the run calls their hooks at fixed points: the config check, the
-job's set-up, each arrival, each round's record and evaluation, the summary and the
-checkpoint. Nothing outside the feature's module names it.
+job's set-up, each arrival, each round's record and evaluation, the checkpoint, the summary
+and the files written at the end. Nothing outside the feature's module names it.
 """
 
 from __future__ import annotations
@@ -92,6 +92,10 @@ class Feature:
     def summary(self, job: Job, records: list[Record]) -> Record:
         """This feature's entries in ``summary.json``."""
         return {}
+
+    def finish(self, job: Job, state: RoundState, run_dir: Path) -> None:
+        """The run has finished (``summary.json`` is written, the model card not yet): files
+        of its own in ``run_dir`` (generated examples)."""
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

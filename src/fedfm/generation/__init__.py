@@ -88,9 +88,11 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'fedfm.generation' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # once
-    return value
+    module = importlib.import_module(_EXPORTS[name])
+    # every name of that module at once: importing fedfm.generation.generate binds the
+    # package's ``generate`` to the submodule, which the function must replace
+    globals().update({n: getattr(module, n) for n in _MODULES[_EXPORTS[name]]})
+    return globals()[name]
 
 
 def __dir__() -> list[str]:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from fedfm.io import atomic_write_text
 from fedfm.resources.types import Conversation
+from fedfm.run_files import GENERATIONS_FILE  # in the run folder
 
-GENERATIONS_FILE = "generations.md"  # in the run folder
 MAX_CELL = 200  # characters kept in a table cell; a longer text is cut with an ellipsis
 MISSING = "–"  # a cell with no text (no local-only model in this run)
 

@@ -46,7 +46,7 @@ def check_compatible(expected: Params, given: Params, *, what: str = "params") -
         )
     for name, ref in expected.items():
         got = given[name]
-        if _is_head(name) and got.shape[1:] == ref.shape[1:] and got.shape[:1] != ref.shape[:1]:
+        if is_head(name) and got.shape[1:] == ref.shape[1:] and got.shape[:1] != ref.shape[:1]:
             raise ParamsMismatchError(
                 f"{what}['{name}'] is a task head for {got.shape[0]} labels, but the model's "
                 f"head has {ref.shape[0]} labels: the params were trained on a dataset with "
@@ -64,7 +64,7 @@ def check_compatible(expected: Params, given: Params, *, what: str = "params") -
 _HEAD_SEGMENTS = frozenset({"classifier", "score", "head"})  # adapters.HEAD_NAMES
 
 
-def _is_head(name: str) -> bool:
+def is_head(name: str) -> bool:
     """A task head's tensor (its first dimension is the number of labels)."""
     return bool(_HEAD_SEGMENTS & set(name.split(".")))
 

@@ -18,7 +18,7 @@ from fedfm.models.export import ADAPTER_DIR, LABELS_FILE, MODEL_DIR, Export
 from fedfm.report.compare import MISSING, format_metric, format_seconds, markdown_table
 from fedfm.report.plots import format_mb
 from fedfm.resources.types import is_generative
-from fedfm.run_files import MERGED_FILE
+from fedfm.run_files import GENERATIONS_FILE, MERGED_FILE
 
 _FRONT_MATTER = "---\ntags:\n- fedfm\n- federated-learning\n- peft\n---\n\n"
 
@@ -211,6 +211,11 @@ def _files_list(run_dir: Path, export: Export | None, *, curves: bool) -> str:
         files += f"- `{MERGED_FILE}`: FLoRA's rounds merged into the frozen weights (scaled)\n"
     if (run_dir / LABELS_FILE).is_file():
         files += f"- `{LABELS_FILE}`: the class names in id order\n"
+    if (run_dir / GENERATIONS_FILE).is_file():
+        files += (
+            f"- `{GENERATIONS_FILE}`: generated examples (prompt, reference, the model's "
+            "response; `eval.generate`)\n"
+        )
     files += (
         "- `config.toml`: the resolved config (also below)\n"
         "- `metrics.jsonl`: one record per round\n"

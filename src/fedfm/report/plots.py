@@ -9,8 +9,9 @@ Every figure has the same 2×2 layout, so a single run's ``curves.png`` and a
 Under accuracy, macro-F1 is drawn dotted in the same colour: a model that predicts one class
 keeps a fair accuracy on a skewed test set while its macro-F1 falls to about 1 / classes.
 
-The main metric is ``test_accuracy`` (classification) or ``test_perplexity`` (causal LM, log
-scale), chosen by which key the records hold. Eval curves use only the rounds where evaluation
+The main metric is ``test_accuracy`` (classification), ``test_perplexity`` (causal LM and
+instruction, log scale) or ``test_preference_accuracy`` (preference, DPO), chosen by which key
+the records hold. Eval curves use only the rounds where evaluation
 ran; ``train_loss`` (dashed) uses every round. Figures are drawn with matplotlib's Agg canvas
 directly (no ``pyplot``, no global backend switch) and saved atomically.
 """
@@ -36,6 +37,7 @@ Record = Mapping[str, Any]
 _LABELS = {
     "test_accuracy": "test accuracy",
     "test_perplexity": "test perplexity",
+    "test_preference_accuracy": "test preference accuracy",
     "test_loss": "loss",
 }
 _MARKER_MAX_POINTS = 40  # draw point markers only while a curve is sparse enough to read them
@@ -54,8 +56,9 @@ def format_mb(num_bytes: float) -> str:
 
 
 def main_metric(records: Sequence[Record]) -> str | None:
-    """Return ``"test_accuracy"``, ``"test_perplexity"`` or ``None``, by which key is logged."""
-    for key in ("test_accuracy", "test_perplexity"):
+    """Return ``"test_accuracy"``, ``"test_perplexity"``, ``"test_preference_accuracy"`` or
+    ``None``, by which key is logged."""
+    for key in ("test_accuracy", "test_perplexity", "test_preference_accuracy"):
         if any(r.get(key) is not None for r in records):
             return key
     return None

@@ -20,15 +20,17 @@ from fedfm.data.batching import Encoded, encode
 from fedfm.data.chat import encode_chat, resolve_template
 from fedfm.data.federation import Federation, build_federation, subsample
 from fedfm.data.load import load_data, resolved
+from fedfm.data.preference import encode_pairs
 from fedfm.errors import ConfigError
 from fedfm.features import Feature, start_features
 from fedfm.models.adapters import apply_adapter
+from fedfm.models.init_adapter import init_params
 from fedfm.models.lora import rank_of
-from fedfm.models.params import Params, backbone_hash, full_model_bytes, get_params
+from fedfm.models.params import Params, backbone_hash, full_model_bytes, get_params, set_params
 from fedfm.models.source import check_model_name
 from fedfm.privacy.client_dp import ClientDP
 from fedfm.resources.models import load_model
-from fedfm.resources.types import INSTRUCTION, Dataset, Split, is_generative
+from fedfm.resources.types import INSTRUCTION, PREFERENCE, Dataset, Split, is_generative
 from fedfm.strategies import STRATEGIES, Strategy
 from fedfm.synthetic.dataset import SyntheticSet
 from fedfm.tasks import TASKS, Task
@@ -173,6 +175,30 @@ def _check_model_fits_data(cfg: RunConfig, dataset: Dataset) -> None:
         )
 
 
+PEFT_METHODS = ("lora", "ia3")  # adapters peft can switch off (DPO's reference model)
+
+
+def _check_task_fits(cfg: RunConfig, dataset: Dataset) -> None:
+    """Refuse what a preference (DPO) run cannot do: a reference model without an adapter
+    to switch off, and DP-SGD, whose per-example clipping would see a pair's two rows."""
+    if dataset.task != PREFERENCE:
+        return
+    if cfg.adapter.method not in PEFT_METHODS:
+        raise ConfigError(
+            f"data.task = 'preference' (DPO) scores a frozen reference model, which is the "
+            f"backbone with the adapter switched off, but adapter.method = "
+            f"{cfg.adapter.method!r} has no adapter to switch off (and a second copy of the "
+            "model is not kept in memory): set adapter.method = 'lora' or 'ia3'"
+        )
+    if cfg.dpsgd.enabled:
+        raise ConfigError(
+            "dpsgd.enabled = true with data.task = 'preference': DP-SGD clips each batch row, "
+            "but a DPO example is a pair of rows (its chosen and rejected responses), so "
+            "its guarantee would not cover a pair: set dpsgd.enabled = false and use "
+            "client-level DP (privacy.noise) instead"
+        )
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` → the first CUDA device if there is one, else the CPU."""
     if name == "auto":
@@ -183,9 +209,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def encode_split(split: Split, tokenizer: Any, *, task: str, cfg: RunConfig) -> Encoded:
-    """Tokenise ``split`` for ``task``: an instruction's conversations through the chat
-    template (``model.chat_template``, ``data.system_prompt``) with their loss masks,
-    anything else with :func:`~fedfm.data.batching.encode`."""
+    """Tokenise ``split`` for ``task``: an instruction's conversations and a preference
+    task's pairs through the chat template (``model.chat_template``, ``data.system_prompt``)
+    with their loss masks, anything else with :func:`~fedfm.data.batching.encode`."""
+    if task == PREFERENCE:
+        return encode_pairs(
+            split,
+            tokenizer,
+            max_length=cfg.data.max_length,
+            chat_template=cfg.model.chat_template,
+            system_prompt=cfg.data.system_prompt,
+        )
     if task == INSTRUCTION:
         return encode_chat(
             split,
@@ -204,8 +238,9 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: 
     Args:
         synthetic: the synthetic set of ``[synthetic]`` when the caller made it already
             (``execute`` does, to show its progress); made here, quietly, otherwise.
-        warmup: run the server warm-up of ``synthetic.mode = "server_warmup"``; a worker that
-            only trains clients (whose params come from the server) skips it.
+        warmup: build the server's job: run the server warm-up of ``synthetic.mode =
+            "server_warmup"`` and start from ``model.init_adapter``'s params; a worker that
+            only trains clients (whose params come from the server) skips both.
     """
     check_model_name(cfg.model)  # a wrong folder costs milliseconds, not a dataset load
     strategy_class = STRATEGIES.get(cfg.strategy.name, field="strategy.name")
@@ -213,6 +248,7 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: 
     dataset = load_data(cfg.data)  # a registry name, or the user's file (checked, no model yet)
     cfg = resolved(cfg, dataset)  # a file's task and label names travel with the config
     _check_model_fits_data(cfg, dataset)
+    _check_task_fits(cfg, dataset)
     train = subsample(dataset.train, cfg.data.max_train_examples, seed=cfg.seed)
     test = subsample(dataset.test, cfg.data.max_test_examples, seed=cfg.seed)
     dataset = replace(dataset, train=train, test=test)
@@ -230,7 +266,7 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: 
         dtype=cfg.model.dtype,
         trust_remote_code=cfg.model.trust_remote_code,
     )
-    if dataset.task == INSTRUCTION and loaded.tokenizer is not None:
+    if dataset.task in (INSTRUCTION, PREFERENCE) and loaded.tokenizer is not None:
         # the export's tokenizer carries the template the run trained with
         template = resolve_template(loaded.tokenizer, cfg.model.chat_template)
         loaded.tokenizer.chat_template = template
@@ -238,6 +274,9 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: 
         loaded.model, cfg.adapter, architecture=loaded.architecture, task=dataset.task
     )
     model.to(resolve_device(cfg.device)).eval()
+    if cfg.model.init_adapter and warmup:  # another run's final params (SFT before DPO)
+        backbone = backbone_hash(model)
+        set_params(model, init_params(cfg.model.init_adapter, get_params(model), backbone=backbone))
     job = Job(
         cfg=cfg,
         dataset=dataset,
@@ -245,7 +284,7 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: 
         train=encode_split(train, loaded.tokenizer, task=dataset.task, cfg=cfg),
         test=encode_split(test, loaded.tokenizer, task=dataset.task, cfg=cfg),
         model=model,
-        task=TASKS.get(dataset.task)(dataset.num_labels),
+        task=TASKS.get(dataset.task).from_config(cfg, dataset.num_labels),
         tokenizer=loaded.tokenizer,
         features=features,
     )

@@ -20,7 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedfm.config import RunConfig
-from fedfm.errors import ConfigError, closest
+from fedfm.errors import ConfigError, FedFMError, closest
+from fedfm.run_files import check_can_score
 from fedfm.runtime.run_folder import writable_problem
 
 
@@ -85,6 +86,11 @@ def _file_problems(cfg: RunConfig) -> list[str]:
     ):
         if synthetic.mode != "none" and value and not Path(value).expanduser().is_file():
             problems.append(f"{key} = {value!r}: no such file")
+    if cfg.model.init_adapter:  # a finished run's folder (its backbone is checked later)
+        try:
+            check_can_score(Path(cfg.model.init_adapter).expanduser())
+        except FedFMError as err:
+            problems.append(f"model.init_adapter = {cfg.model.init_adapter!r}: {err}")
     return problems
 
 

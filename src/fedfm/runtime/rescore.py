@@ -78,7 +78,8 @@ def rescore_run(
     input_dim = np.asarray(test.inputs).shape[1] if dataset.modality == "features" else 0
     model, tokenizer = _model(cfg, run_dir, task_name, len(labels), input_dim)
     encoded = encode_split(test, tokenizer, task=task_name, cfg=cfg)
-    metrics = TASKS.get(task_name)(len(labels)).evaluate(
+    task = TASKS.get(task_name).from_config(cfg, len(labels))
+    metrics = task.evaluate(
         model,
         batches(
             encoded,

@@ -4,8 +4,8 @@ The folder holds the resolved ``config.toml``, ``metrics.jsonl`` (a record per r
 as each round ends), ``checkpoint.safetensors`` (atomic, every ``checkpoint.every`` rounds),
 and at the end ``summary.json``, ``curves.png``, ``adapter.safetensors`` (a personalised run:
 ``clients/ID.safetensors``, one per client), the same result in the Hugging Face formats
-(``adapter/``, a peft folder, or ``model/``; ``labels.json``: see ``fedfm.models.export``)
-and a model card.
+(``adapter/``, a peft folder, or ``model/``; ``labels.json``: see ``fedfm.models.export``),
+the features' own files (``generations.md`` with ``eval.generate``) and a model card.
 """
 
 from __future__ import annotations
@@ -61,8 +61,14 @@ def round_line(record: dict[str, Any], rounds: int) -> str:
         ("client_perplexity_mean", "client ppl"),
         ("test_macro_f1", "f1"),
         ("test_perplexity", "ppl"),
+        ("test_preference_accuracy", "pref acc"),
+        ("test_reward_margin", "margin"),
         ("test_loss", "loss"),
         ("client_accuracy_worst10", "worst10% acc"),
+        ("test_gen_rouge_l", "rougeL"),  # eval.generate's main score, by eval.scorer
+        ("test_gen_accuracy", "gen acc"),
+        ("client_gen_rouge_l_mean", "client rougeL"),
+        ("client_gen_accuracy_mean", "client gen acc"),
     ):
         if key in record:
             parts.append(f"{label} {record[key]:.4f}")
@@ -256,6 +262,8 @@ def _finish(
             **meta,
         )
     export = _export(job, state.global_params, run_dir)
+    for feature in job.features:  # their own files (generations.md), which the card lists
+        feature.finish(job, state, run_dir)
     write_model_card(run_dir, summary=summary, config_toml=to_toml(job.cfg), export=export)
     return summary
 
