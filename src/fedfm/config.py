@@ -220,6 +220,11 @@ class ClientConfig:
         "preference: DPO's beta, the weight of the implicit reward `beta * log(policy / "
         "reference)`; larger = stay closer to the reference",
     )
+    gradient_checkpointing: bool = knob(
+        False,
+        "recompute a transformer's activations in the backward pass instead of keeping "
+        "them: less memory, about a third more compute (Hugging Face models only)",
+    )
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,23 @@ def _check_task_fits(cfg: RunConfig, dataset: Dataset) -> None:
         )
 
 
+def _checkpoint_activations(model: torch.nn.Module, cfg: RunConfig) -> None:
+    """``client.gradient_checkpointing``: the transformer recomputes its layers' activations
+    in the backward pass (non-reentrant, so the frozen backbone's inputs need no grad)."""
+    kwargs = {"use_reentrant": False}
+    enable: Any = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5
+    legacy: Any = getattr(model, "gradient_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    elif legacy is not None:
+        legacy(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise ConfigError(
+            f"client.gradient_checkpointing = true, but model.name = {cfg.model.name!r} is not a "
+            "Hugging Face transformer: set client.gradient_checkpointing = false"
+        )
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` → the first CUDA device if there is one, else the CPU."""
     if name == "auto":
@@ -274,6 +291,8 @@ def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: 
         loaded.model, cfg.adapter, architecture=loaded.architecture, task=dataset.task
     )
     model.to(resolve_device(cfg.device)).eval()
+    if cfg.client.gradient_checkpointing:
+        _checkpoint_activations(model, cfg)
     if cfg.model.init_adapter and warmup:  # another run's final params (SFT before DPO)
         backbone = backbone_hash(model)
         set_params(model, init_params(cfg.model.init_adapter, get_params(model), backbone=backbone))
