@@ -229,23 +229,16 @@ def encode_split(split: Split, tokenizer: Any, *, task: str, cfg: RunConfig) -> 
     """Tokenise ``split`` for ``task``: an instruction's conversations and a preference
     task's pairs through the chat template (``model.chat_template``, ``data.system_prompt``)
     with their loss masks, anything else with :func:`~fedfm.data.batching.encode`."""
-    if task == PREFERENCE:
-        return encode_pairs(
-            split,
-            tokenizer,
-            max_length=cfg.data.max_length,
-            chat_template=cfg.model.chat_template,
-            system_prompt=cfg.data.system_prompt,
-        )
-    if task == INSTRUCTION:
-        return encode_chat(
-            split,
-            tokenizer,
-            max_length=cfg.data.max_length,
-            chat_template=cfg.model.chat_template,
-            system_prompt=cfg.data.system_prompt,
-        )
-    return encode(split, tokenizer, max_length=cfg.data.max_length)
+    chat = {INSTRUCTION: encode_chat, PREFERENCE: encode_pairs}.get(task)
+    if chat is None:
+        return encode(split, tokenizer, max_length=cfg.data.max_length)
+    return chat(
+        split,
+        tokenizer,
+        max_length=cfg.data.max_length,
+        chat_template=cfg.model.chat_template,
+        system_prompt=cfg.data.system_prompt,
+    )
 
 
 def build_job(cfg: RunConfig, *, synthetic: SyntheticSet | None = None, warmup: bool = True) -> Job:
