@@ -65,6 +65,11 @@ class Encoded:
         return lengths
 
 
+def pad_token_id(tokenizer) -> int:  # noqa: ANN001
+    """The id batches are padded with: the tokenizer's pad token, else 0 (never attended)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def encode(split: Split, tokenizer, *, max_length: int) -> Encoded:  # noqa: ANN001
     """Tokenise every example of ``split`` once (truncated to ``max_length``, unpadded).
 
@@ -74,7 +79,7 @@ def encode(split: Split, tokenizer, *, max_length: int) -> Encoded:  # noqa: ANN
     if tokenizer is None:
         features = np.asarray(split.inputs, dtype=np.float32)
         return Encoded(ids=None, features=features, labels=split.labels)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     if isinstance(split.inputs, TextColumn):
         ragged = cached_ids(split.inputs, tokenizer, max_length=max_length)
         return Encoded(ids=ragged, features=None, labels=split.labels, pad_id=pad_id)

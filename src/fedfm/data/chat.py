@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from fedfm.data.batching import Encoded
+from fedfm.data.batching import Encoded, pad_token_id
 from fedfm.errors import ConfigError
 from fedfm.resources.types import Conversation, Message, Split
 
@@ -237,7 +237,7 @@ def encode_chat(
         masks.append(window.mask)
         prompts += window.prompt_cut
         responses += window.response_cut
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     return Encoded(
         ids=ids,
         features=None,

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fedfm.data.batching import Encoded
+from fedfm.data.batching import Encoded, pad_token_id
 from fedfm.data.chat import ASSISTANT, render, resolve_template
 from fedfm.errors import ConfigError
 from fedfm.resources.types import PreferencePair, Split
@@ -128,7 +128,7 @@ def encode_pairs(
         rejected_masks.append(window.rejected_mask)
         prompts += window.prompt_cut
         responses += window.response_cut
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     return Encoded(
         ids=chosen,
         features=None,

@@ -23,8 +23,10 @@ def layer_index(name: str) -> int | None:
 def frozen_below(names: list[str], layers: int) -> frozenset[str]:
     """The tensors of every layer but the top ``layers`` (the head and any tensor outside
     the layer stack always train); empty when ``layers`` is 0 or covers them all."""
+    if not layers:  # the usual case, on every client's fit and every upload's decode
+        return frozenset()
     indices = [i for n in names if (i := layer_index(n)) is not None]
-    if not layers or not indices:
+    if not indices:
         return frozenset()
     first = max(indices) + 1 - layers
     return frozenset(n for n in names if (i := layer_index(n)) is not None and i < first)

@@ -116,8 +116,6 @@ def _privacy_problems(cfg: RunConfig) -> list[str]:
 def _backend_problem(cfg: RunConfig) -> str | None:
     from fedfm.runtime.transports import TRANSPORTS  # light: transports load when opened
 
-    if cfg.backend in TRANSPORTS:
-        return None
     try:
         TRANSPORTS.get(cfg.backend, field="backend")
     except ConfigError as err:
