@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score, recall_score
 
 from fedfm.data.batching import Batch
 from fedfm.dpo import DPOResult, dpo_loss, sequence_logps
@@ -75,6 +74,8 @@ class Classification(Task):
 
     @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, Any]:
+        from sklearn.metrics import f1_score, recall_score  # slow import: only when scoring
+
         preds, labels, loss_sum = [], [], 0.0
         for batch in _on_model_device(model, batches):
             logits = _logits(model, batch).float()

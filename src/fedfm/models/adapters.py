@@ -8,19 +8,16 @@ the federated ``params``; everything else is the frozen backbone shared by all c
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from peft import IA3Config, LoraConfig, get_peft_model
-from peft.utils import (
-    TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING,
-    TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
-    TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
-)
 
 from fedfm.config import AdapterConfig
 from fedfm.errors import ConfigError
 from fedfm.resources.types import is_generative
+
+if TYPE_CHECKING:  # peft (and the transformers it imports) loads only for LoRA and IA3
+    from peft import IA3Config, LoraConfig
 
 # peft calls a transformers API that transformers 5 deprecated; the warning is not the user's.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -39,6 +36,11 @@ def default_target_modules(
         ConfigError: peft has no default for ``architecture``; names the Linear modules of
             ``model`` (when given) that ``adapter.target_modules`` could list.
     """
+    from peft.utils import (
+        TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING,
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
+    )
+
     mapping = (
         TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
         if method == "ia3"
@@ -72,6 +74,9 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
 def _peft_config(
     cfg: AdapterConfig, architecture: str, model: torch.nn.Module
 ) -> IA3Config | LoraConfig:
+    from peft import IA3Config, LoraConfig
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING
+
     targets = list(cfg.target_modules) or default_target_modules(architecture, cfg.method, model)
     # GPT-2's Conv1D stores its weight transposed; peft must be told (it warns, then does)
     transposed = any(
@@ -177,6 +182,8 @@ def apply_adapter(
             p.requires_grad_(True)
         _set_head_trainable(model, task)
         return model
+    from peft import get_peft_model
+
     peft_cfg = _peft_config(cfg, architecture, model)
     try:
         peft_model = get_peft_model(model, peft_cfg)

