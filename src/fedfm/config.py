@@ -203,6 +203,13 @@ class ClientConfig:
     epochs: int = knob(1, "local epochs over the client's data")
     steps: int = knob(0, "> 0: exactly this many local steps instead of epochs")
     batch_size: int = knob(32, "local batch size")
+    bucket_by_length: bool = knob(
+        False,
+        "text: form each local batch from examples of similar length (shuffle, sort chunks "
+        "of 50 batches by length, cut, shuffle the batches): less padding, every example "
+        "once per epoch, batch order still random; no effect on feature datasets; refused "
+        "with `dpsgd.enabled`. See [docs/batching.md](docs/batching.md)",
+    )
     optimizer: str = knob("adamw", "`adamw`, `adam`, `sgd` (fresh each round)")
     lr: float = knob(5e-3, "local learning rate")
     momentum: float = knob(0.0, "SGD momentum (`sgd` only)")

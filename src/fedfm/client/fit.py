@@ -94,6 +94,7 @@ def fit(
             batch_size=ctx.client.batch_size,
             causal_lm=ctx.causal_lm,
             seed=client_seed(ctx.seed, round_, client.id, 1 + epoch),
+            bucket_by_length=ctx.client.bucket_by_length,
         )
 
     client_cfg = replace(ctx.client, steps=steps) if steps else ctx.client

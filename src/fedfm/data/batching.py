@@ -133,6 +133,12 @@ def _padded_masks(masks: list[np.ndarray], width: int) -> np.ndarray:
     return out
 
 
+BUCKET_BATCHES = 50
+"""Length buckets hold ``BUCKET_BATCHES`` batches: each chunk of ``batch_size * 50`` shuffled
+examples is sorted by length, then cut into batches (the megabatch of Hugging Face's
+``group_by_length``). Smaller: more random batches, more padding."""
+
+
 def batches(
     data: Encoded,
     indices: np.ndarray,
@@ -140,15 +146,52 @@ def batches(
     batch_size: int,
     causal_lm: bool,
     seed: int | None = None,
+    bucket_by_length: bool = False,
 ) -> Iterator[Batch]:
     """Batches over ``indices``: shuffled with ``seed``, or sorted by length when ``seed`` is None.
 
     Sorting by length (for evaluation) minimises padding; the metrics do not depend on order.
+    With a ``seed`` and ``bucket_by_length`` (training), each batch holds examples of similar
+    length (:func:`length_buckets`): the same number and sizes of batches, every index once,
+    less padding. Feature datasets (no token ids) ignore ``bucket_by_length``.
     """
     indices = np.asarray(indices)
+    if seed is not None and bucket_by_length and data.ids is not None:
+        for idx in length_buckets(data.lengths(), indices, batch_size=batch_size, seed=seed):
+            yield collate(data, idx, causal_lm=causal_lm)
+        return
     if seed is None:
         order = indices[np.argsort(data.lengths()[indices], kind="stable")]
     else:
         order = np.random.default_rng(seed).permutation(indices)
     for start in range(0, len(order), batch_size):
         yield collate(data, order[start : start + batch_size], causal_lm=causal_lm)
+
+
+def length_buckets(
+    lengths: np.ndarray, indices: np.ndarray, *, batch_size: int, seed: int
+) -> list[np.ndarray]:
+    """``indices`` cut into batches of ``batch_size`` examples of similar ``lengths``.
+
+    Shuffle with ``seed``; sort each chunk of ``batch_size * BUCKET_BATCHES`` by length
+    (stable: ties keep the shuffled order); cut each chunk into batches; shuffle the
+    batches' order with the same generator. Each index appears once; the batch count and
+    sizes are the plain shuffle's (at most one short batch: the last chunk's longest
+    examples, anywhere in the epoch); which examples share a batch varies from epoch to
+    epoch only through the shuffle into chunks and ties in length.
+
+    Example:
+        >>> lengths = np.array([9, 1, 9, 1, 5])
+        >>> cut = length_buckets(lengths, np.arange(5), batch_size=2, seed=0)
+        >>> sorted(sorted(b.tolist()) for b in cut)  # the two 1-token examples together
+        [[0], [1, 3], [2, 4]]
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(np.asarray(indices))
+    chunk = batch_size * BUCKET_BATCHES
+    cut = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        cut += [part[s : s + batch_size] for s in range(0, len(part), batch_size)]
+    return [cut[i] for i in rng.permutation(len(cut))]

@@ -37,6 +37,12 @@ class DPSGD(Feature):
                 "dpsgd.enabled = true with system.layers: clients that freeze layers are not "
                 "supported under DP-SGD yet; set system.layers = []"
             )
+        if flat["dpsgd.enabled"] and flat["client.bucket_by_length"]:
+            problems.append(
+                "dpsgd.enabled = true with client.bucket_by_length = true: DP-SGD's accounting "
+                "treats each batch as a random sample of the client's data, but length buckets "
+                "choose batch-mates by length; set client.bucket_by_length = false"
+            )
         return problems
 
     def received(self, job: Job, client_id: int, update: Update) -> None:

@@ -40,6 +40,7 @@ def server_warmup(
             batch_size=cfg.client.batch_size,
             causal_lm=False,
             seed=int(seeds[1 + epoch]),
+            bucket_by_length=cfg.client.bucket_by_length,
         )
 
     client_cfg = replace(cfg.client, epochs=cfg.synthetic.warmup_epochs, steps=0)
