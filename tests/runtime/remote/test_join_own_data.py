@@ -93,3 +93,73 @@ def test_clients_bring_their_own_files_with_the_servers_column_names(tmp_path, m
     assert "8 training examples" in logs[0] and "10 training examples" in logs[1]
     record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert record["participants"] == CLIENTS and record["num_examples"] == 18
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _pairs(path: Path, n: int, start: int) -> Path:
+    with path.open("w") as f:
+        for i in range(start, start + n):
+            row = {"prompt": f"What is {i} plus one?", "chosen": f"{i + 1}", "rejected": f"{i}"}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_federated_dpo_with_remote_clients_on_their_own_pair_files(
+    tmp_path, monkeypatch, tiny_model_dirs
+):
+    """DPO over gRPC: each client brings a preference file; the server scores the pairs."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "server-cache"))
+    cfg = load_config(
+        None,
+        [
+            f"data.dataset={_pairs(tmp_path / 'server.jsonl', 24, 0)}",
+            "data.task=preference",
+            "data.partition=iid",
+            "data.num_clients=2",
+            "data.max_length=32",
+            f"model.name={json.dumps(str(tiny_model_dirs['qwen2']))}",
+            f"model.chat_template={json.dumps(CHATML)}",
+            "client.lr=0.05",
+            "client.batch_size=4",
+            "rounds=2",
+            "strategy.fraction=1.0",
+            f"remote.clients={json.dumps(CLIENTS)}",
+            f"remote.address=localhost:{port}",
+            "remote.insecure=true",
+            f"output_dir={tmp_path / 'runs'}",
+            "name=dpo",
+        ],
+    )
+    run_dir = prepare_run_dir(cfg, overwrite=False)
+    out: dict = {}
+
+    def serve() -> None:
+        try:
+            execute(cfg, run_dir=run_dir, console=Console(quiet=True), backend=remote_backend)
+        except BaseException as err:  # surfaced below
+            out["error"] = err
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    cache = tmp_path / "client-cache"
+    a = _join(port, "clinic-a", _pairs(tmp_path / "a.jsonl", 8, 100), cache)
+    b = _join(port, "clinic-b", _pairs(tmp_path / "b.jsonl", 12, 200), cache)
+    logs = [p.communicate(timeout=240)[0].decode() for p in (a, b)]
+    thread.join(timeout=240)
+    assert not thread.is_alive() and "error" not in out, (out, logs)
+    assert all(p.returncode == 0 for p in (a, b)), logs
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["num_examples"] for r in records] == [20, 20]  # pairs, from the clients' files
+    assert all(0 <= r["test_preference_accuracy"] <= 1 for r in records)
+    assert records[-1]["train_loss"] < 0.6931  # DPO moved off log 2 (a fresh adapter's loss)

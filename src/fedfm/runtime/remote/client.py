@@ -34,12 +34,11 @@ from rich.console import Console
 
 from fedfm.client.fit import fit
 from fedfm.config import RunConfig, config_from_dict
-from fedfm.data.batching import encode
 from fedfm.data.federation import ClientData, Federation
 from fedfm.data.own import own_job_config, read_own_data
 from fedfm.errors import ConfigError, FedFMError, PartitionError
 from fedfm.resources.types import Split
-from fedfm.runtime.job import Job, build_job
+from fedfm.runtime.job import Job, build_job, encode_split
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote import fedfm_pb2_grpc as pb_grpc
 from fedfm.runtime.remote.client_state import ClientStateStore, state_folder
@@ -83,8 +82,10 @@ class Connection:
 
 
 def with_own_data(job: Job, split: Split, index: int, name: str) -> tuple[Job, ClientData]:
-    """``job`` whose training pool is the client's own examples, and the client over them."""
-    train = encode(split, job.tokenizer, max_length=job.cfg.data.max_length)
+    """``job`` whose training pool is the client's own examples (an instruction's or a
+    preference task's through the chat template, as the server encodes them), and the
+    client over them."""
+    train = encode_split(split, job.tokenizer, task=job.dataset.task, cfg=job.cfg)
     client = ClientData(index, name, np.arange(len(split)), np.arange(0))
     own = copy.copy(job)  # not dataclasses.replace: the fields set after the strategy stay
     own.train, own.federation = train, Federation((client,))
