@@ -18,7 +18,9 @@ from fedfm.experiments import EXPERIMENTS, run_experiment
 NUMBER = re.compile(r"\|\s*[-+]?\d+\.\d+")  # a table cell that starts with a decimal number
 
 
-@pytest.mark.parametrize("name", ["federation", "init", "adapters", "synth", "privacy", "lora"])
+@pytest.mark.parametrize(
+    "name", ["federation", "init", "adapters", "synth", "privacy", "lora", "instruct"]
+)
 def test_quick_version_writes_report_plots_and_results(name: str, tmp_path: Path) -> None:
     assert name in EXPERIMENTS
     report = run_experiment(

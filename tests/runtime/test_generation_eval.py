@@ -17,7 +17,7 @@ from rich.console import Console
 
 from fedfm.config import _CHOICES, RunConfig, load_config
 from fedfm.errors import ConfigError
-from fedfm.features.generation import seeded_subset
+from fedfm.features.generation import first_of_each, seeded_subset
 from fedfm.generation import SCORERS, generate, label_match, split_references
 from fedfm.generation.report import cell
 from fedfm.models.params import load_params_file
@@ -104,11 +104,14 @@ def _table(run_dir: Path) -> list[list[str]]:
 def _final_outputs(
     run_dir: Path, count: int | None = None, template: str = CHATML
 ) -> tuple[list[str], list[str]]:
-    """The final global model's responses to the first ``count`` test prompts (all: None),
-    generated here from the run's saved params, and their references."""
+    """The final global model's responses to ``count`` test prompts (all: None), taken
+    round-robin over the tasks as ``generations.md`` takes them, generated here from the
+    run's saved params, and their references."""
     job = build_job(load_config(run_dir / "config.toml"))
     load_params_file(job.model, run_dir / PARAMS_FILE, backbone=job.backbone)
-    prompts, references = split_references(list(job.dataset.test.inputs)[:count])
+    test = job.dataset.test
+    picked = range(len(test)) if count is None else first_of_each(test.labels, count).tolist()
+    prompts, references = split_references([test.inputs[i] for i in picked])
     cfg = job.cfg
     outputs = generate(
         job.model,
@@ -207,6 +210,13 @@ def test_generate_max_prompts_draws_a_seeded_subset(tmp_path: Path, tiny_model_d
     assert len(set(subset.tolist())) == 3 and subset.tolist() == sorted(subset.tolist())
 
 
+def test_the_examples_table_takes_every_task_in_turn() -> None:
+    tasks = np.array([0, 0, 0, 1, 1, 2])
+    assert first_of_each(tasks, 4).tolist() == [0, 3, 5, 1]
+    assert first_of_each(tasks, 9).tolist() == [0, 3, 5, 1, 4, 2]  # all, each once
+    assert first_of_each(None, 3).tolist() == [0, 1, 2]
+
+
 def test_a_personalised_run_scores_each_clients_own_model(tmp_path: Path, tiny_model_dirs) -> None:
     cfg = _cfg(
         tmp_path,
@@ -218,8 +228,17 @@ def test_a_personalised_run_scores_each_clients_own_model(tmp_path: Path, tiny_m
         "name=local",
     )
     run_dir, records = _run(cfg)
-    assert not any(k.startswith("test_gen_") for k in records[-1])  # no global model
-    assert 0 <= records[-1]["client_gen_rouge_l_mean"] <= 1
+    last = records[-1]
+    assert not any(k.startswith("test_gen_") for k in last)  # no global model
+    assert 0 <= last["client_gen_rouge_l_mean"] <= 1
+    # each client's own model on the global test prompts
+    assert 0 <= last["local_test_gen_rouge_l_worst10"] <= last["local_test_gen_rouge_l_mean"] <= 1
+    by_task = last["local_test_gen_rouge_l_by_task"]
+    assert set(by_task) == {"america", "europe"}
+    job = build_job(cfg)
+    sizes = [int(np.sum(job.dataset.test.labels == i)) for i in range(2)]  # per-task counts
+    means = [by_task["america"], by_task["europe"]]  # each averaged over the 2 clients
+    assert last["local_test_gen_rouge_l_mean"] == pytest.approx(np.average(means, weights=sizes))
     table = _table(run_dir)
     assert [row[2] for row in table] == ["–", "–"]
     assert all(row[3] != "–" for row in table)  # client 0's own (local-only) model

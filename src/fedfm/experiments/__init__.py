@@ -7,6 +7,7 @@ from fedfm.experiments import (  # noqa: F401  (registers them)
     e4_synth,
     e5_privacy,
     e6_lora,
+    e7_instruct,
 )
 from fedfm.experiments.base import EXPERIMENTS, Arm, ArmResult, Experiment
 from fedfm.experiments.runner import run_experiment

@@ -50,10 +50,12 @@ def default_dirs(name: str, *, quick: bool) -> tuple[Path, Path]:
 PINNED = ("client.loss=ce",)
 
 
+RUNS = "{runs}"  # in an arm's override: the runs folder (an earlier arm's run is RUNS/ARM)
+
+
 def arm_config(arm: Arm, runs_dir: Path) -> RunConfig:
-    return load_config(
-        None, [*PINNED, *arm.overrides, f"name={arm.name}", f"output_dir={runs_dir}"]
-    )
+    overrides = [o.replace(RUNS, str(runs_dir)) for o in arm.overrides]
+    return load_config(None, [*PINNED, *overrides, f"name={arm.name}", f"output_dir={runs_dir}"])
 
 
 def _unset_pins(path: Path) -> list[str]:

@@ -9,16 +9,19 @@ for ``text``, ``accuracy`` for ``label``):
   ``eval.generate_max_prompts`` > 0): ``test_gen_<metric>`` for each metric of the scorer,
   the main one first, and ``test_gen_<m>_by_task`` ({category name: score}) when the
   dataset names its rows' categories (``label_names``: the ``instruct`` tasks); not for a
-  personalised run, which has no global model;
+  personalised run, which has no global model; instead, each client's own model on the
+  same test prompts: ``local_test_gen_<m>_mean``, ``_worst10`` and ``_by_task`` (each
+  task's score averaged over clients);
 - with ``eval.per_client`` or a personalised strategy, each client's model (its own params)
   on its own held-out split (at most ``eval.generate_max_prompts`` of it):
   ``client_gen_<m>_mean``, ``client_gen_<m>_worst10`` and ``per_client_gen_<m>`` ([client
   id, score] pairs), as :func:`~fedfm.runtime.simulation.evaluate_clients` does for the
   task's own metric.
 
-At the end of the run, ``generations.md`` shows the first ``eval.generate_examples`` test
-examples: prompt, reference, the final global model's response and client 0's own model's
-when the run is personalised (``strategy.name = "local"``: a local-only model).
+At the end of the run, ``generations.md`` shows ``eval.generate_examples`` test examples (the
+first of each category in turn, :func:`first_of_each`): prompt, reference, the final global
+model's response and client 0's own model's when the run is personalised
+(``strategy.name = "local"``: a local-only model).
 """
 
 from __future__ import annotations
@@ -76,6 +79,24 @@ def seeded_subset(indices: np.ndarray, limit: int, seed: Sequence[int]) -> np.nd
         return indices
     rng = np.random.default_rng(list(seed))
     return np.sort(rng.choice(indices, size=limit, replace=False))
+
+
+def first_of_each(categories: np.ndarray | None, count: int) -> np.ndarray:
+    """``count`` example indices taken round-robin over the categories (the first example
+    of each category, then the second of each, ...), in category order: a table of
+    examples that shows every task. Without categories: the first ``count``.
+
+    Example:
+        >>> first_of_each(np.array([0, 0, 0, 1, 1, 2]), 4).tolist()
+        [0, 3, 5, 1]
+    """
+    if categories is None:
+        return np.arange(count)
+    queues = [np.flatnonzero(categories == c).tolist() for c in np.unique(categories)]
+    order: list[int] = []
+    while len(order) < count and any(queues):
+        order += [q.pop(0) for q in queues if q]
+    return np.asarray(order[:count], dtype=np.int64)
 
 
 def client_params(job: Job, state: RoundState, client_id: int) -> Params:
@@ -147,6 +168,8 @@ class Generation(Feature):
         if not job.strategy.personalized and self.test.prompts:
             set_params(job.model, state.global_params)
             record.update(self._test_scores(job))
+        if job.strategy.personalized and self.test.prompts:
+            record.update(self._local_test_scores(job, state))
         if self.cfg.eval.per_client or job.strategy.personalized:
             record.update(self._client_scores(job, state))
         return record
@@ -158,13 +181,47 @@ class Generation(Feature):
         main = scores.main
         record: Record = {f"test_gen_{main}": means.pop(main)}
         record.update({f"test_gen_{k}": v for k, v in means.items()})
+        by_task = self._by_task(job, scores.per_example[main])
+        if by_task:
+            record[f"test_gen_{main}_by_task"] = by_task
+        return record
+
+    def _by_task(self, job: Job, values: Sequence[float]) -> dict[str, float]:
+        """``{category name: mean}`` of per-example test ``values`` ({} without categories)."""
         names, categories = job.dataset.label_names, self.test.categories
-        if names and categories is not None:
-            values = np.asarray(scores.per_example[main], dtype=np.float64)
-            record[f"test_gen_{main}_by_task"] = {
-                name: float(values[categories == i].mean())
-                for i, name in enumerate(names)
-                if np.any(categories == i)
+        if not names or categories is None:
+            return {}
+        array = np.asarray(values, dtype=np.float64)
+        return {
+            name: float(array[categories == i].mean())
+            for i, name in enumerate(names)
+            if np.any(categories == i)
+        }
+
+    def _local_test_scores(self, job: Job, state: RoundState) -> Record:
+        """A personalised run's models on the *global* test prompts: what a client's own
+        model does on the whole distribution, not only on its own data (a local-only client
+        never saw the other clients' tasks). ``local_test_gen_<m>_mean`` and ``_worst10``
+        over clients, and ``_by_task``: each task's score averaged over clients."""
+        from fedfm.generation import per_client_scores
+        from fedfm.models.params import set_params
+
+        values: dict[int, list[float]] = {}
+        tasks: list[dict[str, float]] = []
+        main = ""
+        for client in job.federation.clients:
+            set_params(job.model, client_params(job, state, client.id))
+            scores = self._score(job, self.test)
+            main, values[client.id] = scores.main, scores.per_example[scores.main]
+            tasks.append(self._by_task(job, values[client.id]))
+        spread = per_client_scores(values)
+        record: Record = {
+            f"local_test_gen_{main}_mean": spread["mean"],
+            f"local_test_gen_{main}_worst10": spread["worst10"],
+        }
+        if tasks and tasks[0]:
+            record[f"local_test_gen_{main}_by_task"] = {
+                name: float(np.mean([t[name] for t in tasks])) for name in tasks[0]
             }
         return record
 
@@ -224,7 +281,7 @@ class Generation(Feature):
         from fedfm.generation.report import MISSING
         from fedfm.models.params import set_params
 
-        examples = held_out(job.dataset.test, np.arange(count))
+        examples = held_out(job.dataset.test, first_of_each(job.dataset.test.labels, count))
         global_model = [MISSING] * count
         local_model: list[str | None] = [None] * count
         if job.strategy.personalized:  # no global model; each client has its own
