@@ -3,11 +3,13 @@
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from fedfm.runtime.run import print_round
-from fedfm.tasks import BalancedLoss, Classification
+from fedfm.tasks import BalancedLoss, Classification, class_scores
 
 
 class _Fixed(torch.nn.Module):
@@ -90,3 +92,25 @@ def test_clients_train_the_balanced_loss_unless_the_run_is_personalised():
         if balanced:
             counts = np.bincount(job.train.labels[client.train], minlength=10)
             assert torch.allclose(task.offset.exp(), torch.tensor(counts / counts.sum()).float())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 7).flatmap(
+        lambda k: st.tuples(
+            st.just(k),
+            st.lists(st.tuples(st.integers(0, k - 1), st.integers(0, k - 1)), min_size=1),
+        )
+    )
+)
+def test_class_scores_equal_scikit_learn_float_for_float(case):
+    from sklearn.metrics import f1_score, recall_score
+
+    k, pairs = case
+    y_true, y_pred = (np.array(column, dtype=np.int64) for column in zip(*pairs, strict=True))
+    f1, recall = class_scores(y_true, y_pred, k)
+    labels = list(range(k))
+    kwargs = {"labels": labels, "zero_division": 0}
+    assert f1.tolist() == f1_score(y_true, y_pred, average=None, **kwargs).tolist()
+    assert float(f1.mean()) == float(f1_score(y_true, y_pred, average="macro", **kwargs))
+    assert recall.tolist() == recall_score(y_true, y_pred, average=None, **kwargs).tolist()

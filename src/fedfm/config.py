@@ -232,6 +232,22 @@ class ClientConfig:
         "recompute a transformer's activations in the backward pass instead of keeping "
         "them: less memory, about a third more compute (Hugging Face models only)",
     )
+    prefix_cache: bool = knob(
+        False,
+        "run the frozen prefix (embeddings and the layers below the lowest trained one, over "
+        "every client's profile) once per example and keep its output for every round, client "
+        "and evaluation; training then runs only the top layers and the head. Needs frozen "
+        'embeddings and a top-layer cut (`adapter.method = "head"`, or `system.layers`); '
+        "BERT/RoBERTa classifiers and Llama/Qwen2 causal LMs. Exact up to float rounding "
+        "when no dropout acts below the cut: the prefix runs without dropout. See "
+        "[docs/prefix-cache.md](docs/prefix-cache.md)",
+    )
+    prefix_cache_mb: int = knob(
+        1024,
+        "`prefix_cache`: the most MiB the cached states may take (every training and test "
+        "example's tokens x hidden size x 4 bytes in float32); a job that needs more is "
+        "refused before its first round",
+    )
 
 
 @dataclass(frozen=True)
@@ -634,6 +650,21 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SimulationConfig:
+    """``backend = "simulation"``: how the in-process simulator trains a round's cohort."""
+
+    parallel_clients: int = knob(
+        0,
+        "train up to N cohort members together on the one backbone (their LoRA factors and "
+        "head stacked along a client axis, one forward and backward for all; per-client "
+        "optimiser state, clipping and seeds): the same params as one after another to float "
+        "tolerance, bitwise only up to dropout (masks are drawn for the whole stack). 0 or 1 = "
+        "one after another. LoRA only; refused with `dpsgd`, `preference`, `client.prefix_cache`, "
+        "`ray` and `remote`. See [docs/parallel-clients.md](docs/parallel-clients.md)",
+    )
+
+
+@dataclass(frozen=True)
 class CheckpointConfig:
     every: int = knob(1, "write an atomic checkpoint every k rounds; 0 = never")
 
@@ -698,6 +729,9 @@ class RunConfig:
         RemoteConfig, "`fedfm serve`: remote clients over gRPC", factory=True
     )
     ray: RayConfig = knob(RayConfig, '`backend = "ray"`: clients train on Ray actors', factory=True)
+    simulation: SimulationConfig = knob(
+        SimulationConfig, '`backend = "simulation"`: how the cohort trains', factory=True
+    )
     eval: EvalConfig = knob(EvalConfig, "evaluation of the global model", factory=True)
     checkpoint: CheckpointConfig = knob(
         CheckpointConfig, "checkpoints to resume a run from", factory=True
@@ -773,6 +807,7 @@ _NON_NEGATIVE = {
     "robust.byzantine",
     "ray.workers",
     "ray.threads",
+    "simulation.parallel_clients",
     "robust.keep",
     "robust.norm_bound",
     "attack.noise_std",
@@ -900,9 +935,32 @@ def _range_problems(cfg: RunConfig) -> list[str]:
 
     problems.extend(config_problems(flat))  # each optional feature's own rules
     problems.extend(_data_file_problems(flat))
+    problems.extend(_parallel_problems(flat))
     if flat["client.epochs"] == 0 and flat["client.steps"] == 0:
         problems.append("client.epochs and client.steps are both 0: set one of them >= 1")
     return problems
+
+
+def _parallel_problems(flat: dict[str, Any]) -> list[str]:
+    """What ``simulation.parallel_clients`` cannot stack (:mod:`fedfm.client.parallel`)."""
+    n = flat["simulation.parallel_clients"]
+    if n <= 1:
+        return []
+    key = f"simulation.parallel_clients = {n}"
+    backend, method = flat["backend"], flat["adapter.method"]
+    refused = [
+        (backend != "simulation", f"backend = {backend!r}", "'simulation'"),
+        (method != "lora", f"adapter.method = {method!r}", "'lora'"),
+        (flat["dpsgd.enabled"], "dpsgd.enabled = true", "false"),
+        (flat["data.task"] == "preference", "data.task = 'preference'", "another task"),
+        (flat.get("client.prefix_cache", False), "client.prefix_cache = true", "false"),
+    ]
+    return [
+        f"{key} stacks LoRA clients in process only, but {what}: set simulation.parallel_clients "
+        f"= 0 or {what.split(' = ')[0]} = {fix}"
+        for bad, what, fix in refused
+        if bad
+    ]
 
 
 def _data_file_problems(flat: dict[str, Any]) -> list[str]:

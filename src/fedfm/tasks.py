@@ -74,8 +74,6 @@ class Classification(Task):
 
     @torch.inference_mode()
     def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, Any]:
-        from sklearn.metrics import f1_score, recall_score  # slow import: only when scoring
-
         preds, labels, loss_sum = [], [], 0.0
         for batch in _on_model_device(model, batches):
             logits = _logits(model, batch).float()
@@ -83,26 +81,46 @@ class Classification(Task):
             preds.append(logits.argmax(-1).cpu().numpy())
             labels.append(batch["labels"].cpu().numpy())
         y_pred, y_true = np.concatenate(preds), np.concatenate(labels)
-        ids = list(range(self.num_labels))
+        f1, recall = class_scores(y_true, y_pred, self.num_labels)
         return {
             "accuracy": float((y_pred == y_true).mean()),
-            "macro_f1": float(
-                f1_score(
-                    y_true,
-                    y_pred,
-                    labels=list(range(self.num_labels)),
-                    average="macro",
-                    zero_division=0,
-                )
-            ),
+            "macro_f1": float(f1.mean()),
             "loss": loss_sum / len(y_true),
             # recall of each label id (0 for a label absent from the split); a collapse to
             # one class shows as a single 1.0 here and predicted_classes = 1
-            "class_recall": recall_score(
-                y_true, y_pred, labels=ids, average=None, zero_division=0
-            ).tolist(),
+            "class_recall": recall.tolist(),
             "predicted_classes": int(len(np.unique(y_pred))),
         }
+
+
+def class_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, num_labels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each label id's F1 and recall (0 where undefined), as scikit-learn's ``f1_score`` and
+    ``recall_score`` with ``labels=range(num_labels), average=None, zero_division=0`` compute
+    them, float for float, from three counts instead of their input checks (which cost
+    milliseconds per evaluation).
+
+    Example:
+        >>> f1, recall = class_scores(np.array([0, 0, 1]), np.array([0, 1, 1]), 3)
+        >>> f1.round(4).tolist(), recall.tolist()
+        ([0.6667, 0.6667, 0.0], [0.5, 1.0, 0.0])
+    """
+
+    def count(y: np.ndarray) -> np.ndarray:
+        return np.bincount(y[y >= 0], minlength=num_labels)[:num_labels]
+
+    hit = count(y_true[y_true == y_pred])
+    true, predicted = count(y_true), count(y_pred)
+    return _divide(2.0 * hit, true.astype(np.float64) + predicted), _divide(hit, true)
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` in float64, 0 where the denominator is 0."""
+    zero = denominator == 0
+    out = numerator / np.where(zero, 1, denominator).astype(np.float64)
+    out[zero] = 0.0
+    return out
 
 
 class BalancedLoss(Task):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedfm.client.prefix_cache import PrefixCache
 from fedfm.config import ClientConfig, DPSGDConfig
 from fedfm.data.batching import Encoded
 from fedfm.data.federation import ClientData
@@ -47,6 +48,8 @@ class ClientContext:
         indices: a client's training indices into ``train`` (a data attacker's poisoned).
         tamper: a model-poisoning attacker's change to its delta (``None``: no attack).
         balanced: train with the loss balanced for each client's labels.
+        prefix: the frozen-prefix cache (``client.prefix_cache``): batches carry the states
+            entering its layer ``L`` and the model runs layers ``L..`` only; ``None``: off.
     """
 
     model: torch.nn.Module
@@ -62,6 +65,7 @@ class ClientContext:
     indices: Callable[[ClientData], np.ndarray]
     tamper: Tamper | None = None
     balanced: bool = False
+    prefix: PrefixCache | None = None
 
     def local_task(self, indices: np.ndarray) -> Task:
         """The task a client trains on: the job's, or with ``balanced`` its loss balanced for

@@ -10,19 +10,24 @@ done once per upload whichever transport carried it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from fedfm.client.context import PIPELINE_STREAM, ClientContext, client_seed
 from fedfm.client.state import ClientState
-from fedfm.client.trainer import train_locally
-from fedfm.data.batching import batches
+from fedfm.client.trainer import LocalResult, train_locally
+from fedfm.config import ClientConfig
+from fedfm.data.batching import Batch, batches
 from fedfm.data.federation import ClientData
 from fedfm.models.layers import frozen_below
 from fedfm.models.lora import lora_bytes_at_rank, truncate_rank
 from fedfm.models.params import Params, payload_bytes, set_params
 from fedfm.strategies.aggregate import subtract
+from fedfm.strategies.base import LocalHooks
+from fedfm.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,73 @@ def with_personal(params: Params, personal: Params) -> Params:
     return {**params, **personal} if personal else params
 
 
+@dataclass(frozen=True)
+class LocalPlan:
+    """A client's local training as :func:`prepare` sets it up, before any step.
+
+    Attributes:
+        start: the params it starts from (the strategy's start, its personal tensors in
+            place, a low-rank client's components above its rank zeroed).
+        hooks: the strategy's client half (``frozen`` set for a client that trains only
+            its top layers).
+        task: the loss it trains on (balanced for its labels with ``client.loss``).
+        make_batches: ``epoch -> batches``, seeded per (seed, round, client, epoch).
+        cfg: the ``[client]`` config, with a resource profile's ``steps`` in place.
+        dropout_seed: seeds torch's CPU generator before the first step (dropout).
+    """
+
+    start: Params
+    hooks: LocalHooks
+    task: Task
+    make_batches: Callable[[int], Iterator[Batch]]
+    cfg: ClientConfig
+    dropout_seed: int
+
+
+def prepare(
+    ctx: ClientContext,
+    client: ClientData,
+    global_params: Params,
+    payload: Params,
+    state: ClientState,
+    round_: int,
+    *,
+    rank: int = 0,
+    steps: int = 0,
+    layers: int = 0,
+) -> LocalPlan:
+    """Everything :func:`fit` decides before the first local step (arguments as ``fit``'s)."""
+    strategy = ctx.strategy
+    start = with_personal(strategy.client_start(global_params, state.strategy), state.personal)
+    if rank:
+        start = truncate_rank(start, rank)
+    hooks = strategy.client_hooks(global_params, payload, state.strategy)
+    frozen = frozen_below(list(start), layers)
+    if frozen:
+        hooks = replace(hooks, frozen=frozen)
+    indices = ctx.indices(client)
+
+    def make_batches(epoch: int) -> Iterator[Batch]:
+        source = batches if ctx.prefix is None else ctx.prefix.batches  # client.prefix_cache
+        return source(
+            ctx.train,
+            indices,
+            batch_size=ctx.client.batch_size,
+            causal_lm=ctx.causal_lm,
+            seed=client_seed(ctx.seed, round_, client.id, 1 + epoch),
+            bucket_by_length=ctx.client.bucket_by_length,
+        )
+
+    return LocalPlan(
+        start=start,
+        hooks=hooks,
+        task=ctx.local_task(indices),
+        make_batches=make_batches,
+        cfg=replace(ctx.client, steps=steps) if steps else ctx.client,
+        dropout_seed=client_seed(ctx.seed, round_, client.id, 0),
+    )
+
+
 def fit(
     ctx: ClientContext,
     client: ClientData,
@@ -73,34 +145,35 @@ def fit(
         layers: train only the top ``layers`` transformer layers' tensors (0: all); the
             others neither change nor travel up.
     """
-    strategy = ctx.strategy
-    start = with_personal(strategy.client_start(global_params, state.strategy), state.personal)
-    if rank:
-        start = truncate_rank(start, rank)
-    set_params(ctx.model, start)
-    hooks = strategy.client_hooks(global_params, payload, state.strategy)
-    frozen = frozen_below(list(start), layers)
-    if frozen:
-        hooks = replace(hooks, frozen=frozen)
-    # dropout; the CPU generator alone: torch.manual_seed costs ~200x more per call
-    torch.default_generator.manual_seed(client_seed(ctx.seed, round_, client.id, 0))
-
-    indices = ctx.indices(client)
-
-    def make_batches(epoch: int):  # noqa: ANN202
-        return batches(
-            ctx.train,
-            indices,
-            batch_size=ctx.client.batch_size,
-            causal_lm=ctx.causal_lm,
-            seed=client_seed(ctx.seed, round_, client.id, 1 + epoch),
-            bucket_by_length=ctx.client.bucket_by_length,
-        )
-
-    client_cfg = replace(ctx.client, steps=steps) if steps else ctx.client
-    result = train_locally(
-        ctx.model, ctx.local_task(indices), make_batches, client_cfg, hooks, ctx.dpsgd
+    plan = prepare(
+        ctx, client, global_params, payload, state, round_, rank=rank, steps=steps, layers=layers
     )
+    set_params(ctx.model, plan.start)
+    # dropout; the CPU generator alone: torch.manual_seed costs ~200x more per call
+    torch.default_generator.manual_seed(plan.dropout_seed)
+    # client.prefix_cache: the model runs only the layers above the cached prefix
+    with nullcontext() if ctx.prefix is None else ctx.prefix.suffix_only():
+        result = train_locally(
+            ctx.model, plan.task, plan.make_batches, plan.cfg, plan.hooks, ctx.dpsgd
+        )
+    return conclude(ctx, client, global_params, payload, state, round_, plan, result, rank=rank)
+
+
+def conclude(
+    ctx: ClientContext,
+    client: ClientData,
+    global_params: Params,
+    payload: Params,
+    state: ClientState,
+    round_: int,
+    plan: LocalPlan,
+    result: LocalResult,
+    *,
+    rank: int = 0,
+) -> tuple[Upload, ClientState]:
+    """Everything :func:`fit` does after the last local step: the strategy's finish, the
+    delta, the update pipeline's client half and the upload."""
+    strategy, start, frozen = ctx.strategy, plan.start, plan.hooks.frozen
     extras, new_state = strategy.client_finish(
         global_params, result.params, payload, state.strategy, steps=result.steps, lr=ctx.client.lr
     )
@@ -109,16 +182,17 @@ def fit(
     shared = {k: v for k, v in delta.items() if k not in ctx.personal and k not in frozen}
     if rank:  # only the client's own components travel
         shared = lora_bytes_at_rank(shared, rank)
-    generator = torch.Generator().manual_seed(
-        client_seed(ctx.seed, round_, client.id, PIPELINE_STREAM)
-    )
-    if ctx.tamper is not None:
-        shared = ctx.tamper(client.id, shared, generator)
     wire: Params = shared
     pipeline_state: Params = {}
     signals: dict[str, float] = {}
-    if ctx.pipeline:
-        wire, pipeline_state, signals = ctx.pipeline.client(shared, state.pipeline, generator)
+    if ctx.tamper is not None or ctx.pipeline:  # seeded only where drawn from (hot path)
+        generator = torch.Generator().manual_seed(
+            client_seed(ctx.seed, round_, client.id, PIPELINE_STREAM)
+        )
+        if ctx.tamper is not None:
+            wire = ctx.tamper(client.id, shared, generator)
+        if ctx.pipeline:
+            wire, pipeline_state, signals = ctx.pipeline.client(wire, state.pipeline, generator)
     upload = Upload(
         client_id=client.id,
         wire=wire,

@@ -13,7 +13,7 @@ import torch
 
 from fedfm.config import ClientConfig, DPSGDConfig
 from fedfm.data.batching import Batch
-from fedfm.models.params import Params, get_params, trainable_parameters
+from fedfm.models.params import Params, copy_params, trainable_parameters
 from fedfm.privacy.dpsgd import private_training
 from fedfm.strategies.base import LocalHooks
 from fedfm.tasks import Task
@@ -124,7 +124,7 @@ def _loop(
         steps += 1
     model.eval()
     return LocalResult(
-        params=get_params(model),
+        params=copy_params(live),  # the tensors trained (one walk of the model fewer)
         steps=steps,
         train_loss=loss_sum / max(steps, 1),
     )

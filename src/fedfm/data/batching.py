@@ -155,17 +155,30 @@ def batches(
     length (:func:`length_buckets`): the same number and sizes of batches, every index once,
     less padding. Feature datasets (no token ids) ignore ``bucket_by_length``.
     """
+    order = batch_order(
+        data, indices, batch_size=batch_size, seed=seed, bucket_by_length=bucket_by_length
+    )
+    for idx in order:
+        yield collate(data, idx, causal_lm=causal_lm)
+
+
+def batch_order(
+    data: Encoded,
+    indices: np.ndarray,
+    *,
+    batch_size: int,
+    seed: int | None = None,
+    bucket_by_length: bool = False,
+) -> list[np.ndarray]:
+    """The indices of each batch :func:`batches` makes (same arguments), in order."""
     indices = np.asarray(indices)
     if seed is not None and bucket_by_length and data.ids is not None:
-        for idx in length_buckets(data.lengths(), indices, batch_size=batch_size, seed=seed):
-            yield collate(data, idx, causal_lm=causal_lm)
-        return
+        return length_buckets(data.lengths(), indices, batch_size=batch_size, seed=seed)
     if seed is None:
         order = indices[np.argsort(data.lengths()[indices], kind="stable")]
     else:
         order = np.random.default_rng(seed).permutation(indices)
-    for start in range(0, len(order), batch_size):
-        yield collate(data, order[start : start + batch_size], causal_lm=causal_lm)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def length_buckets(

@@ -25,6 +25,7 @@ MODULES = (
     "dpsgd",
     "personal",
     "generation",
+    "prefix_cache",
 )
 for _module in MODULES:  # registers each, in this order
     importlib.import_module(f"fedfm.features.{_module}")

@@ -23,11 +23,13 @@ Params = dict[str, torch.Tensor]
 
 def get_params(model: torch.nn.Module) -> Params:
     """A detached CPU copy of the model's trainable tensors (``requires_grad``), by name."""
-    return {
-        name: p.detach().to("cpu", copy=True)
-        for name, p in model.named_parameters()
-        if p.requires_grad
-    }
+    return copy_params(trainable_parameters(model))
+
+
+def copy_params(live: dict[str, torch.nn.Parameter]) -> Params:
+    """A detached CPU copy of ``live`` (from :func:`trainable_parameters`), by name."""
+    # clone: a CPU tensor's copy with less dispatch than .to("cpu", copy=True)
+    return {name: p.detach().clone() if p.is_cpu else p.detach().cpu() for name, p in live.items()}
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -73,7 +75,11 @@ def is_head(name: str) -> bool:
 def set_params(model: torch.nn.Module, params: Params) -> None:
     """Copy ``params`` into the model's trainable tensors in place (names/shapes checked)."""
     live = trainable_parameters(model)
-    check_compatible({k: v.detach() for k, v in live.items()}, params)
+    if len(params) != len(live) or not all(
+        (q := params.get(k)) is not None and q.shape == p.shape and q.dtype == p.dtype
+        for k, p in live.items()
+    ):  # the same names, shapes and dtypes pass; anything else, check_compatible names
+        check_compatible({k: v.detach() for k, v in live.items()}, params)
     for name, p in live.items():
         p.copy_(params[name])
 

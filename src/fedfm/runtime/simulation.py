@@ -36,9 +36,8 @@ from fedfm.features import each
 from fedfm.models.layers import frozen_below
 from fedfm.models.lora import lora_bytes_at_rank, pad_rank
 from fedfm.models.params import Params, payload_bytes, set_params
-from fedfm.privacy.clipping import l2_norm
 from fedfm.runtime.job import Job
-from fedfm.strategies.aggregate import mean_pairwise_cosine, mismatches, non_finite
+from fedfm.strategies.aggregate import mismatches, non_finite, update_statistics
 from fedfm.strategies.base import Update
 
 
@@ -113,12 +112,22 @@ def evaluate_global(job: Job, params: Params, data: Encoded | None = None) -> di
     """``params`` scored on every example of ``data`` (the global test set by default)."""
     data = job.test if data is None else data
     set_params(job.model, params)
-    return job.task.evaluate(
-        job.model,
-        batches(
-            data, np.arange(len(data)), batch_size=job.cfg.eval.batch_size, causal_lm=job.causal_lm
-        ),
-    )
+    return score(job, data, np.arange(len(data)))
+
+
+def score(job: Job, data: Encoded, indices: np.ndarray) -> dict[str, Any]:
+    """``job.task``'s metrics of the model as it is on ``data[indices]``; through the frozen
+    prefix's cache when ``client.prefix_cache`` is on and ``data`` is the job's training or
+    test split (the splits its size was checked for; another, such as a backdoor's
+    triggered copy, runs the whole model)."""
+    prefix = job.feature("prefix_cache")
+    cache = prefix.cache if prefix is not None else None
+    kwargs: dict[str, Any] = {"batch_size": job.cfg.eval.batch_size, "causal_lm": job.causal_lm}
+    if cache is None or not (data is job.train or data is job.test):
+        return job.task.evaluate(job.model, batches(data, indices, **kwargs))
+    cached = cache.batches(data, indices, **kwargs)  # fills what is missing, whole model
+    with cache.suffix_only():
+        return job.task.evaluate(job.model, cached)
 
 
 def evaluate_clients(
@@ -149,12 +158,7 @@ def evaluate_clients(
         if personal is not loaded:  # the global params are swapped in once, not per client
             set_params(job.model, personal)
             loaded = personal
-        result = job.task.evaluate(
-            job.model,
-            batches(
-                job.train, client.eval, batch_size=job.cfg.eval.batch_size, causal_lm=job.causal_lm
-            ),
-        )
+        result = score(job, job.train, client.eval)
         values.append(result[metric])
         by_client.append([client.id, result[metric]])
     if not values:
@@ -276,13 +280,16 @@ def plan_round(job: Job, state: RoundState) -> RoundPlan:
     work = {c.id: plan_work(job, c) for c in clients}
     sent = {k: v for k, v in state.global_params.items() if k not in job.personal}
     bytes_down = 0
+    by_rank: dict[int, int] = {}  # the members of one rank are sent the same tensors
     if strategy.communicates:
         for cid in cohort:
             if not work[cid].receives:
                 continue
             rank = work[cid].rank
-            own = lora_bytes_at_rank(sent, rank) if rank else sent
-            bytes_down += payload_bytes({**own, **payload}) + strategy.extra_down_bytes(cid, round_)
+            if rank not in by_rank:
+                own = lora_bytes_at_rank(sent, rank) if rank else sent
+                by_rank[rank] = payload_bytes({**own, **payload})
+            bytes_down += by_rank[rank] + strategy.extra_down_bytes(cid, round_)
     return RoundPlan(round_, cohort, clients, payload, work, bytes_down, started)
 
 
@@ -420,11 +427,11 @@ def finish_round(
     record.update(reduced)  # the update chain's: clip norm, Krum's picks, SecAgg's cost
     record.update(each(late, lambda f: f.round_record(job, state, plan, intake)))
     if updates:  # what clipping and norm bounds act on (after the client's pipeline)
-        norms = [l2_norm(u.delta) for u in updates]
+        norms, cosine = update_statistics([u.delta for u in updates])
         record["update_norm_median"] = float(np.median(norms))
         record["update_norm_max"] = max(norms)
-    if len(updates) >= 2:  # client drift: how aligned the cohort's updates are
-        record["update_cosine"] = mean_pairwise_cosine([u.delta for u in updates])
+        if cosine is not None:  # client drift: how aligned the cohort's updates are
+            record["update_cosine"] = cosine
     if round_ % cfg.eval.every == 0 or round_ == job.rounds:
         record.update(evaluate_round(job, state))
     record["seconds"] = time.perf_counter() - plan.started

@@ -39,7 +39,14 @@ def _lazy(target: str) -> Opener:
 
 @contextlib.contextmanager
 def open_in_process(job: Any, run_dir: Path, console: Console) -> Iterator[Any]:
-    """The in-process simulator: nothing to start or stop."""
+    """The in-process simulator: nothing to start or stop (``simulation.parallel_clients``
+    > 1: clients in stacks, :mod:`fedfm.runtime.transports.parallel`)."""
+    size = job.cfg.simulation.parallel_clients
+    if size > 1:
+        from fedfm.runtime.transports.parallel import Parallel
+
+        yield Parallel(job, size)
+        return
     from fedfm.runtime.transports.in_process import InProcess
 
     yield InProcess()
