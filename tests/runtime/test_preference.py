@@ -224,6 +224,37 @@ def test_dpo_runs_through_the_update_chain(
 
 
 @pytest.mark.parametrize(
+    "strategy",
+    [
+        "centralized",
+        "fedadagrad",
+        "fedadam",
+        "fedavg",
+        "fedavgm",
+        "fedprox",
+        "fedyogi",
+        "flora",
+        "local",
+        "scaffold",
+    ],
+)
+def test_dpo_trains_with_every_strategy(tmp_path: Path, tiny_model_dirs, strategy: str) -> None:
+    from fedfm.strategies import STRATEGIES
+
+    assert strategy in STRATEGIES.names()
+    cfg = _cfg(tmp_path, tiny_model_dirs["qwen2"], "rounds=1", f"strategy.name={strategy}")
+    execute(cfg, run_dir=prepare_run_dir(cfg, overwrite=False), plot=False)
+    initial, record = read_records(tmp_path / "runs" / "dpo" / "metrics.jsonl")
+    assert math.isfinite(record["train_loss"])
+    if strategy == "local":  # no global model: each client's own, on its held-out pairs
+        assert math.isfinite(record["client_preference_accuracy_mean"])
+        assert record["update_norm_median"] > 0  # the clients' models moved
+    else:
+        assert all(math.isfinite(record[key]) for key in METRICS)
+        assert record["test_loss"] != initial["test_loss"]  # the global model moved
+
+
+@pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["adapter.method=full"], "adapter.method = 'full' has no adapter to switch off"),
