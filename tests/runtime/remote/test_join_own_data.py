@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -37,13 +38,30 @@ def _join(port: int, cid: str, data: Path, cache: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 
-@pytest.mark.slow
-def test_clients_bring_their_own_files_with_the_servers_column_names(tmp_path, monkeypatch):
-    import socket
-
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def _serve(cfg, run_dir: Path) -> tuple[threading.Thread, dict]:
+    """``fedfm serve`` of ``cfg`` in a thread; an error it raises lands in the dict."""
+    out: dict = {}
+
+    def serve() -> None:
+        try:
+            execute(cfg, run_dir=run_dir, console=Console(quiet=True), backend=remote_backend)
+        except BaseException as err:  # surfaced by the caller
+            out["error"] = err
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.slow
+def test_clients_bring_their_own_files_with_the_servers_column_names(tmp_path, monkeypatch):
+    port = _free_port()
     monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "server-cache"))
     server_file = _csv(tmp_path / "server.csv", ["cold", "flu", "sprain"], 30)
     cfg = load_config(
@@ -67,16 +85,7 @@ def test_clients_bring_their_own_files_with_the_servers_column_names(tmp_path, m
         ],
     )
     run_dir = prepare_run_dir(cfg, overwrite=False)
-    out: dict = {}
-
-    def serve() -> None:
-        try:
-            execute(cfg, run_dir=run_dir, console=Console(quiet=True), backend=remote_backend)
-        except BaseException as err:  # surfaced below
-            out["error"] = err
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    thread, out = _serve(cfg, run_dir)
     cache = tmp_path / "client-cache"
     bad = _csv(tmp_path / "bad.csv", ["flu", "measles"], 6)
     refused = _join(port, "clinic-b", bad, cache)
@@ -114,11 +123,7 @@ def test_federated_dpo_with_remote_clients_on_their_own_pair_files(
     tmp_path, monkeypatch, tiny_model_dirs
 ):
     """DPO over gRPC: each client brings a preference file; the server scores the pairs."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     monkeypatch.setenv("FEDFM_CACHE", str(tmp_path / "server-cache"))
     cfg = load_config(
         None,
@@ -142,16 +147,7 @@ def test_federated_dpo_with_remote_clients_on_their_own_pair_files(
         ],
     )
     run_dir = prepare_run_dir(cfg, overwrite=False)
-    out: dict = {}
-
-    def serve() -> None:
-        try:
-            execute(cfg, run_dir=run_dir, console=Console(quiet=True), backend=remote_backend)
-        except BaseException as err:  # surfaced below
-            out["error"] = err
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    thread, out = _serve(cfg, run_dir)
     cache = tmp_path / "client-cache"
     a = _join(port, "clinic-a", _pairs(tmp_path / "a.jsonl", 8, 100), cache)
     b = _join(port, "clinic-b", _pairs(tmp_path / "b.jsonl", 12, 200), cache)
