@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 from fedfm.config import load_config
 from fedfm.runtime.job import build_job
 from fedfm.runtime.simulation import RoundState, run_round
-from fedfm.strategies.aggregate import gram, mean_pairwise_cosine
+from fedfm.strategies.aggregate import (
+    EXACT_STATISTICS,
+    gram,
+    mean_pairwise_cosine,
+    update_statistics,
+)
 
 SHAPES = {"w": (3, 4), "b": (4,), "s": ()}
 
@@ -48,6 +53,33 @@ def test_gram_of_half_precision_is_accumulated_in_float64():
 def test_gram_of_one_update_is_its_squared_norm():
     d = _random(7)
     torch.testing.assert_close(gram([d]), (_flat(d) @ _flat(d)).reshape(1, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streamed_update_statistics_agree_with_the_exact_gram(dtype):
+    """A cohort above EXACT_STATISTICS elements streams in float32: the norms and the mean
+    cosine still match the float64 Gram's, a zero update included (its cosines are 0)."""
+    shapes = {"w": (64, 300), "b": (300,), "s": ()}
+    deltas = [_random(s, shapes, dtype) for s in range(5)]
+    deltas[1] = {k: v + deltas[0][k] for k, v in deltas[1].items()}  # some alignment
+    deltas.append({k: torch.zeros_like(v) for k, v in deltas[0].items()})
+    assert len(deltas) * sum(v.numel() for v in deltas[0].values()) > EXACT_STATISTICS
+    g = gram(deltas)
+    norms, cosine = update_statistics(deltas)
+    assert norms[-1] == 0.0
+    exact = g.diagonal().sqrt()
+    torch.testing.assert_close(torch.tensor(norms, dtype=torch.float64), exact, rtol=1e-4, atol=0)
+    k, unit = len(deltas), g.diagonal().sqrt().clamp(min=1e-30)
+    cos = g / unit[:, None] / unit[None, :]
+    expected = float((cos.sum() - cos.diagonal().sum()) / (k * (k - 1)))
+    assert cosine == pytest.approx(expected, abs=1e-5)
+    assert cosine > 0.03  # the aligned pair shows (its two cosines of 0.7 over 30)
+
+
+def test_update_statistics_of_one_update_has_no_cosine():
+    big = {"w": torch.ones(EXACT_STATISTICS + 1)}
+    norms, cosine = update_statistics([big])
+    assert norms == [pytest.approx(math.sqrt(EXACT_STATISTICS + 1), rel=1e-6)] and cosine is None
 
 
 def test_mean_pairwise_cosine_identical_opposite_orthogonal():

@@ -116,9 +116,21 @@ def _blocks(params: Params, columns: int) -> list[list[str]]:
     return blocks
 
 
+EXACT_STATISTICS = 2**16
+"""Elements (over all updates) up to which :func:`update_statistics` takes the exact float64
+:func:`gram`; above, one streamed float32 pass (a float64 Gram of a 5M-parameter cohort of
+10 costs about 0.5 s a round on one core, the pass about 20 ms)."""
+
+
 def update_statistics(deltas: Sequence[Params]) -> tuple[list[float], float | None]:
     """Each update's L2 norm and, for two or more, their mean pairwise cosine (else
-    ``None``), from one :func:`gram`.
+    ``None``): the round record's drift statistics.
+
+    A small cohort of small updates goes through one exact :func:`gram`. A larger one
+    streams: each update's norm, then ``s = sum_i u_i / |u_i|``, since the cosines over
+    all ordered pairs sum to ``|s|^2 - m`` (``m`` the non-zero updates; a zero update's
+    cosines are 0, as in the Gram). Both in float32 with float64 totals per tensor: the
+    norms agree with the exact ones to about 1e-4 relative, the mean cosine to about 1e-5.
 
     Example:
         >>> a, b = {"w": torch.tensor([3.0, 4.0])}, {"w": torch.tensor([0.0, 2.0])}
@@ -126,8 +138,32 @@ def update_statistics(deltas: Sequence[Params]) -> tuple[list[float], float | No
         >>> norms, round(cosine, 6)
         ([5.0, 2.0], 0.8)
     """
-    g = gram(deltas).numpy()
-    return np.sqrt(g.diagonal()).tolist(), _mean_cosine(g) if len(deltas) >= 2 else None
+    k = len(deltas)
+    if k * sum(v.numel() for v in deltas[0].values()) <= EXACT_STATISTICS:
+        g = gram(deltas).numpy()
+        return np.sqrt(g.diagonal()).tolist(), _mean_cosine(g) if k >= 2 else None
+    norms = [math.sqrt(_squared_norm(list(d.values()))) for d in deltas]
+    if k < 2:
+        return norms, None
+    total: list[torch.Tensor] | None = None
+    for delta, norm in zip(deltas, norms, strict=True):
+        if norm == 0.0:
+            continue
+        values = [v.float() for v in delta.values()]  # a no-op for float32
+        if total is None:
+            total = torch._foreach_div(values, norm)
+        else:
+            torch._foreach_add_(total, values, alpha=1.0 / norm)
+    if total is None:
+        return norms, 0.0
+    nonzero = sum(norm > 0.0 for norm in norms)
+    return norms, (_squared_norm(total) - nonzero) / (k * (k - 1))
+
+
+def _squared_norm(tensors: list[torch.Tensor]) -> float:
+    """``sum |t|^2`` over ``tensors``: one float32 norm per tensor, summed in float64."""
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    return float(torch.stack(norms).double().square().sum())
 
 
 def mean_pairwise_cosine(deltas: Sequence[Params]) -> float:
