@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +35,31 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A private staging folder beside ``target`` for the block to fill, renamed into place
+    when the block ends without error: a crash never leaves half a folder. When another
+    process renames its own copy first, that one is kept. The staging folder is removed
+    in every case.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> with staged_folder(root / "model") as staging:
+        ...     _ = (staging / "config.json").write_text("{}")
+        >>> sorted(p.name for p in root.iterdir()), (root / "model" / "config.json").is_file()
+        (['model'], True)
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        os.replace(staging, target)
+    except OSError:
+        if not target.is_dir():  # not another process finishing first: a real failure
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

