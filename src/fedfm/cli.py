@@ -13,6 +13,7 @@ fedfm export RUN --merged DIR [--overwrite]                   the run's model as
 fedfm eval RUN [--data FILE] [--set ...] [--out FILE]         score a finished run again
 fedfm exp NAME [--quick] [--only GLOB]                        run an experiment, write its report
 fedfm list                                                    what is registered
+fedfm transfer pft [CONFIG.toml] [--set ...] [--overwrite]    one-shot FedPFT vs its references
 """
 
 from __future__ import annotations
@@ -245,6 +246,27 @@ def _cmd_exp(args: argparse.Namespace, console: Console) -> None:
     )
 
 
+def _cmd_transfer_pft(args: argparse.Namespace, console: Console) -> None:
+    from fedfm.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    from fedfm.transfer.run_pft import pft_run_name, run_pft
+
+    run_dir = Path(cfg.output_dir) / pft_run_name(cfg)
+    if run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
+        raise FedFMError(f"{run_dir} exists and is not empty: pass --overwrite or set name=...")
+    with console.status("embedding, fitting the mixtures, training the heads ..."):
+        summary = run_pft(cfg, run_dir)
+    acc, sent = summary["accuracy"], summary["bytes"]
+    console.print(
+        f"accuracy: pft {acc['pft']:.4f}  centralized {acc['centralized']:.4f}  fedavg "
+        f"{acc['fedavg']:.4f}\nbytes: pft {sent['pft_up']:,} (one upload per client)  fedavg "
+        f"{sent['fedavg']:,} ({cfg.pft.fedavg_rounds} rounds)\nwrote {run_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _cmd_list(args: argparse.Namespace, console: Console) -> None:
     from fedfm.data.partition import PARTITIONS
     from fedfm.datasets import DATASETS
@@ -377,6 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--remeasure", action="store_true", help="redo the measurements even if cached"
     )
     exp.set_defaults(func=_cmd_exp)
+
+    transfer = sub.add_parser("transfer", help="FM-to-small-model transfer (one-shot FedPFT)")
+    transfer_sub = transfer.add_subparsers(dest="transfer_command", required=True)
+    pft = transfer_sub.add_parser(
+        "pft", help="FedPFT: per-class Gaussian mixtures of frozen FM features, one shot"
+    )
+    pft.add_argument("config", nargs="?", help="TOML config ([data] and [pft])")
+    pft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pft.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    pft.set_defaults(func=_cmd_transfer_pft)
 
     lst = sub.add_parser("list", help="registered datasets, models, partitions and strategies")
     lst.set_defaults(func=_cmd_list)

@@ -665,6 +665,182 @@ class SimulationConfig:
 
 
 @dataclass(frozen=True)
+class PFTConfig:
+    """``fedfm transfer pft``: one-shot FedPFT (Gaussian mixtures of frozen FM features)."""
+
+    encoder: str = knob(
+        "minilm",
+        "the frozen FM that embeds every text (mean-pooled last hidden state, unit length): "
+        "`minilm` or the path of a Hugging Face encoder folder",
+    )
+    components: int = knob(
+        2,
+        "Gaussian components per class per client (a class with fewer than 2 rows per "
+        "component gets fewer)",
+    )
+    covariance: str = knob("diag", "the mixtures' covariance: `diag` or `full`")
+    samples_per_class: int = knob(
+        0,
+        "synthetic features the server draws per class and client: 0 = as many as the "
+        "client has of that class, N = N each",
+    )
+    head: str = knob("linear", "the classifier on the features: `linear` or `mlp`")
+    hidden: int = knob(128, "`mlp` head: hidden units")
+    epochs: int = knob(30, "head training epochs (on synthetic, real or a client's features)")
+    lr: float = knob(1e-2, "head training learning rate (Adam)")
+    batch_size: int = knob(64, "head training batch size")
+    fedavg_rounds: int = knob(
+        20, "the plain-FL reference: FedAvg rounds of the same head, every client each round"
+    )
+    fedavg_epochs: int = knob(1, "the plain-FL reference: local epochs per round")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """``[distill]``: FedDF / FedMKT-style ensemble distillation between the FM on the server
+    and the clients' small model (the run's ``model.name``), after every aggregation."""
+
+    enabled: bool = knob(False, "distil between the server's FM and the clients' small model")
+    teacher: str = knob(
+        "minilm",
+        "the server's FM (with a LoRA adapter and a classifier head): a registry name or a "
+        "Hugging Face folder; ignored when `distill.teacher_adapter` names a run",
+    )
+    teacher_adapter: str = knob(
+        "",
+        "a finished fedfm run folder whose final params (LoRA + head) start the teacher, with "
+        "that run's `model.name` and `[adapter]`; empty = a fresh default LoRA and head",
+    )
+    public: str = knob(
+        "",
+        "the server's unlabelled public set: a registry dataset name (its training texts) or "
+        "a data file read with the `[data]` column keys; labels are never read",
+    )
+    public_size: int = knob(512, "a seeded subsample of the public set; 0 = all of it")
+    directions: str = knob(
+        "both",
+        "`to_client` (the FM's logits into the aggregated small model), `to_teacher` (the "
+        "cohort's ensemble into the FM's adapter) or `both`",
+    )
+    temperature: float = knob(2.0, "softmax temperature T of both KL losses (scaled by T²)")
+    steps: int = knob(20, "distillation steps per direction per round")
+    lr: float = knob(1e-3, "Adam learning rate of the small model's distillation")
+    teacher_lr: float = knob(
+        0.0, "Adam learning rate of the FM adapter's distillation; 0 = `distill.lr`"
+    )
+    batch_size: int = knob(32, "public examples per distillation step")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """``[split]``: split fine-tuning (SplitFed v1): a weak client computes the embeddings and
+    its bottom ``layers`` only; the server runs the rest on the activations it sends."""
+
+    enabled: bool = knob(
+        False,
+        "split each client's forward at layer `split.layers`: the client sends the activations "
+        "there (and the attention mask and labels: the server computes the loss) and the server "
+        "runs the rest. The activations and labels reveal the data. BERT/RoBERTa classifiers "
+        'and Llama/Qwen2 causal LMs, `backend = "simulation"` only. See '
+        "[docs/split.md](docs/split.md)",
+    )
+    layers: int = knob(
+        1,
+        "k: the client computes the embeddings and layers `0..k-1` (1 <= k <= the model's "
+        "layers); the server computes layers `k..`, the final norm or pooler and the head",
+    )
+    client_trains: bool = knob(
+        True,
+        "`true`: the client's adapter tensors (below layer k) train on the gradient of the "
+        "activations the server sends back, and their delta travels up; `false`: the "
+        "client's part is frozen and only activations travel (no gradient comes down)",
+    )
+    noise: float = knob(
+        0.0,
+        "stddev of the Gaussian noise the client adds to each activation before sending it; "
+        "0 = none. Required > 0 with `privacy.noise`; not a DP guarantee (no accounting)",
+    )
+    clip: float = knob(
+        0.0,
+        "bound the L2 norm of each example's activations (over its real tokens) before the "
+        "noise, so the noise has a known scale relative to the signal; 0 = no bound",
+    )
+
+
+@dataclass(frozen=True)
+class AsynchronousConfig:
+    """``[asynchronous]``: FedBuff (Nguyen et al., 2022): buffered asynchronous aggregation on
+    the simulated clock of the ``[system]`` speeds. See [docs/async.md](docs/async.md)."""
+
+    enabled: bool = knob(
+        False,
+        "asynchronous rounds (FedBuff): clients train from the global version they last "
+        "received and the server steps each time `asynchronous.buffer` updates have arrived; "
+        'a round is one such server step. `backend = "simulation"` only. See '
+        "[docs/async.md](docs/async.md)",
+    )
+    buffer: int = knob(
+        0,
+        "K: updates per server step; 0 = the cohort size (`strategy.clients_per_round` or "
+        "`strategy.fraction`); at most `asynchronous.concurrency`",
+    )
+    concurrency: int = knob(
+        0, "clients training at once (each replaced as it arrives); 0 = the cohort size"
+    )
+    staleness: str = knob(
+        "polynomial",
+        "weight s(τ) of an update τ server steps stale (τ = version applied to - version "
+        "it started from), multiplying its delta before the example-weighted mean: `constant` "
+        "s = 1; `polynomial` s = (1 + τ)^(-a); `hinge` s = 1 if τ <= b else 1 / (a (τ - b) + 1)",
+    )
+    staleness_a: float = knob(
+        0.5,
+        "`polynomial`: the exponent a (0.5: FedBuff's 1/sqrt(1 + τ)); `hinge`: the slope a",
+    )
+    staleness_b: float = knob(4.0, "`hinge`: staleness b up to which an update keeps weight 1")
+
+
+@dataclass(frozen=True)
+class OffsiteConfig:
+    """Offsite tuning: clients train the bottom and top layers' adapters on an emulator."""
+
+    enabled: bool = knob(
+        False,
+        "offsite tuning (Xiao et al. 2023): clients train the adapters of the bottom and top "
+        "layers on an emulator (the model with a uniform share of its frozen middle layers "
+        "dropped); the server evaluates them plugged into the full model (`test_*`) and in "
+        "the emulator (`emulator_test_*`). LoRA or IA3; BERT/RoBERTa and Llama/Qwen2; "
+        "`simulation` backend. See [docs/offsite.md](docs/offsite.md)",
+    )
+    bottom: int = knob(1, "`offsite`: bottom transformer layers whose adapters train")
+    top: int = knob(1, "`offsite`: top transformer layers whose adapters train")
+    keep: float = knob(
+        0.5,
+        "`offsite`: share of the middle layers the emulator keeps, in [0, 1]: "
+        "`floor(keep * m + 1/2)` of the `m` middle layers, at a stride of `m / kept` from "
+        "the first (0.5 keeps every other one; 1 = the full model; 0 = none)",
+    )
+    distill_steps: int = knob(
+        0,
+        "`offsite`: before round 1 the server trains copies of the kept middle layers for "
+        "this many steps (batch size `client.batch_size`) to reproduce the full middle "
+        "block's output (hidden-state MSE) on public text; 0 = no distillation",
+    )
+    distill_lr: float = knob(1e-4, "`offsite.distill_steps`: AdamW learning rate")
+    distill_data: str = knob(
+        "",
+        "`offsite.distill_steps`: the public text: a built-in text dataset's name (e.g. "
+        "`sms_spam`, `sentiment4`) or a data file's path (its `data.text_column`); required "
+        "with distillation",
+    )
+    distill_examples: int = knob(
+        1024,
+        "`offsite.distill_steps`: the most public training examples used (a seeded "
+        "subsample); the loss before and after is measured on up to 128 of its test split",
+    )
+
+
+@dataclass(frozen=True)
 class CheckpointConfig:
     every: int = knob(1, "write an atomic checkpoint every k rounds; 0 = never")
 
@@ -731,6 +907,21 @@ class RunConfig:
     ray: RayConfig = knob(RayConfig, '`backend = "ray"`: clients train on Ray actors', factory=True)
     simulation: SimulationConfig = knob(
         SimulationConfig, '`backend = "simulation"`: how the cohort trains', factory=True
+    )
+    pft: PFTConfig = knob(
+        PFTConfig, "`fedfm transfer pft`: one-shot FedPFT on frozen FM features", factory=True
+    )
+    distill: DistillConfig = knob(
+        DistillConfig, "ensemble distillation between the FM and the clients' model", factory=True
+    )
+    split: SplitConfig = knob(
+        SplitConfig, "split fine-tuning: a client computes only the bottom layers", factory=True
+    )
+    asynchronous: AsynchronousConfig = knob(
+        AsynchronousConfig, "asynchronous rounds: FedBuff's buffered aggregation", factory=True
+    )
+    offsite: OffsiteConfig = knob(
+        OffsiteConfig, "offsite tuning: clients train adapters on an emulator", factory=True
     )
     eval: EvalConfig = knob(EvalConfig, "evaluation of the global model", factory=True)
     checkpoint: CheckpointConfig = knob(

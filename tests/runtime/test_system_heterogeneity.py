@@ -223,3 +223,41 @@ def test_clients_that_train_only_the_top_layers_send_only_those(tmp_path, monkey
         for c in seen
     )
     assert record["bytes_up"] == expected
+
+
+@pytest.mark.parametrize("layers", [1, 0])
+def test_a_top_layers_client_backpropagates_only_through_the_layers_it_trains(
+    layers, tiny_model_dirs, tmp_path
+):
+    """Its frozen tensors stop requiring gradients while it trains, so layer 0's output
+    needs none (backward stops above it); afterwards every trainable tensor requires them
+    again, and the frozen ones have not moved."""
+    overrides = [
+        f"model.name={str(tiny_model_dirs['bert'])!r}",
+        "data.dataset=trec6",
+        "data.num_clients=2",
+        "strategy.clients_per_round=2",
+        "data.max_train_examples=32",
+        "data.max_test_examples=8",
+        "client.steps=2",
+        "checkpoint.every=0",
+        f"output_dir={tmp_path}",
+    ]
+    job = build_job(
+        load_config(None, [*overrides, *([f"system.layers=[{layers}]"] * bool(layers))])
+    )
+    stack = job.model.base_model.model.bert.encoder.layer
+    needs_grad = []
+    hook = stack[0].register_forward_hook(
+        lambda module, args, out: (
+            needs_grad.append(out[0].requires_grad) if module.training else None
+        )
+    )
+    state = RoundState(round=0, global_params=job.initial_params)
+    run_round(job, state)
+    hook.remove()
+    assert needs_grad and set(needs_grad) == {not layers}
+    trainable = [p for p in job.model.parameters() if p.requires_grad]
+    assert len(trainable) == len(job.initial_params)
+    for name in frozen_below(list(job.initial_params), layers):
+        torch.testing.assert_close(state.global_params[name], job.initial_params[name])

@@ -14,9 +14,11 @@ import numpy as np
 import torch
 
 from fedfm.client.prefix_cache import PrefixCache
+from fedfm.client.split import SplitModel
 from fedfm.config import ClientConfig, DPSGDConfig
 from fedfm.data.batching import Encoded
 from fedfm.data.federation import ClientData
+from fedfm.models.emulator import Emulator
 from fedfm.models.params import Params
 from fedfm.strategies.base import Strategy
 from fedfm.tasks import BalancedLoss, Task
@@ -50,6 +52,11 @@ class ClientContext:
         balanced: train with the loss balanced for each client's labels.
         prefix: the frozen-prefix cache (``client.prefix_cache``): batches carry the states
             entering its layer ``L`` and the model runs layers ``L..`` only; ``None``: off.
+        emulator: offsite tuning's emulator (``offsite.enabled``): local training runs in
+            its view (dropped middle layers pass through); ``None``: off.
+        split: split fine-tuning (``split.enabled``): each local step is the client's
+            forward to layer ``k``, the server's step and the client's backward; the
+            server-side tensors' delta is not counted as sent; ``None``: off.
     """
 
     model: torch.nn.Module
@@ -66,6 +73,8 @@ class ClientContext:
     tamper: Tamper | None = None
     balanced: bool = False
     prefix: PrefixCache | None = None
+    emulator: Emulator | None = None
+    split: SplitModel | None = None
 
     def local_task(self, indices: np.ndarray) -> Task:
         """The task a client trains on: the job's, or with ``balanced`` its loss balanced for

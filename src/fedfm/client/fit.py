@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from fedfm.client.context import PIPELINE_STREAM, ClientContext, client_seed
+from fedfm.client.split import SPLIT_STREAM
 from fedfm.client.state import ClientState
 from fedfm.client.trainer import LocalResult, train_locally
 from fedfm.config import ClientConfig
@@ -99,6 +100,8 @@ def prepare(
         start = truncate_rank(start, rank)
     hooks = strategy.client_hooks(global_params, payload, state.strategy)
     frozen = frozen_below(list(start), layers)
+    if ctx.split is not None:  # split.client_trains = false: the client's part is frozen
+        frozen = frozen | ctx.split.frozen
     if frozen:
         hooks = replace(hooks, frozen=frozen)
     indices = ctx.indices(client)
@@ -151,10 +154,24 @@ def fit(
     set_params(ctx.model, plan.start)
     # dropout; the CPU generator alone: torch.manual_seed costs ~200x more per call
     torch.default_generator.manual_seed(plan.dropout_seed)
-    # client.prefix_cache: the model runs only the layers above the cached prefix
-    with nullcontext() if ctx.prefix is None else ctx.prefix.suffix_only():
+    # split.enabled: each local step is the client's forward, the server's step, its backward
+    split = None
+    if ctx.split is not None:
+        split = ctx.split.session(client_seed(ctx.seed, round_, client.id, SPLIT_STREAM))
+    # client.prefix_cache: the model runs only the layers above the cached prefix;
+    # offsite.enabled: the client trains on the emulator (dropped layers pass through)
+    with (
+        nullcontext() if ctx.prefix is None else ctx.prefix.suffix_only(),
+        nullcontext() if ctx.emulator is None else ctx.emulator.view(),
+    ):
         result = train_locally(
-            ctx.model, plan.task, plan.make_batches, plan.cfg, plan.hooks, ctx.dpsgd
+            ctx.model,
+            plan.task,
+            plan.make_batches,
+            plan.cfg,
+            plan.hooks,
+            ctx.dpsgd,
+            split=split,
         )
     return conclude(ctx, client, global_params, payload, state, round_, plan, result, rank=rank)
 
@@ -193,13 +210,21 @@ def conclude(
             wire = ctx.tamper(client.id, shared, generator)
         if ctx.pipeline:
             wire, pipeline_state, signals = ctx.pipeline.client(wire, state.pipeline, generator)
+    # split.enabled: the server-side tensors' delta stays at the server (not counted as sent)
+    kept = ctx.split.server_side if ctx.split is not None else frozenset()
+    travels = {k: v for k, v in {**wire, **extras}.items() if k not in kept}
     upload = Upload(
         client_id=client.id,
         wire=wire,
         num_examples=client.num_examples,
-        metrics={"train_loss": result.train_loss, "steps": result.steps, **signals},
+        metrics={
+            "train_loss": result.train_loss,
+            "steps": result.steps,
+            **signals,
+            **result.metrics,  # split.enabled: the bytes of its activations and gradients
+        },
         extras=extras,
-        bytes_up=payload_bytes({**wire, **extras}) + 4 * len(signals),
+        bytes_up=payload_bytes(travels) + 4 * len(signals),
         rank=rank,
     )
     return upload, ClientState(new_state, personal, pipeline_state)

@@ -47,10 +47,10 @@ class _Guard:
     tensor by its storage and version counter (every in-place write bumps it), a trainable
     one (a LoRA factor a resource profile freezes) by value."""
 
-    def __init__(self, modules: list[torch.nn.Module]) -> None:
+    def __init__(self, modules: list[torch.nn.Module], trainable: frozenset[int]) -> None:
         tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
-        self.frozen = [(t, t.data_ptr(), t._version) for t in tensors if not t.requires_grad]
-        self.live = [(t, t.detach().clone()) for t in tensors if t.requires_grad]
+        self.frozen = [(t, t.data_ptr(), t._version) for t in tensors if id(t) not in trainable]
+        self.live = [(t, t.detach().clone()) for t in tensors if id(t) in trainable]
 
     def holds(self) -> bool:
         return all(t.data_ptr() == ptr and t._version == v for t, ptr, v in self.frozen) and all(
@@ -90,6 +90,9 @@ class PrefixCache:
         if not 1 <= split <= len(stack.layers):
             raise ValueError(f"split = {split} must lie in [1, {len(stack.layers)}]")
         self.model, self.stack, self.split = model, stack, split
+        # what is trainable now, before any client's training switches its frozen tensors'
+        # gradients off (the guard compares those by value: set_params rewrites them)
+        self._trainable = frozenset(id(t) for t in model.parameters() if t.requires_grad)
         self.max_bytes, self.batch_size = max_bytes, batch_size
         self._stores: dict[int, _Store] = {}
         self._guard: _Guard | None = None
@@ -140,7 +143,7 @@ class PrefixCache:
             self.nbytes, self._guard = 0, None
             self.refills += 1
         if self._guard is None:
-            self._guard = _Guard(self.stack.prefix_modules(self.split))
+            self._guard = _Guard(self.stack.prefix_modules(self.split), self._trainable)
         store = self._stores.get(id(data))
         if store is None:
             store = self._stores[id(data)] = _Store(data, [None] * len(data))

@@ -6,11 +6,13 @@ backward → the strategy's gradient correction → clipping → optimiser step.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from fedfm.client.split import SplitStep
 from fedfm.config import ClientConfig, DPSGDConfig
 from fedfm.data.batching import Batch
 from fedfm.models.params import Params, copy_params, trainable_parameters
@@ -32,6 +34,7 @@ class LocalResult:
     params: Params
     steps: int
     train_loss: float
+    metrics: dict[str, float] = field(default_factory=dict)  # split: the bytes its steps sent
 
 
 def _epochs_or_steps(
@@ -59,6 +62,7 @@ def train_locally(
     cfg: ClientConfig,
     hooks: LocalHooks,
     dpsgd: DPSGDConfig | None = None,
+    split: SplitStep | None = None,
 ) -> LocalResult:
     """Train ``model``'s trainable tensors in place on one client's data.
 
@@ -69,22 +73,42 @@ def train_locally(
         cfg: the ``[client]`` config section.
         hooks: the strategy's client half (proximal term, gradient correction).
         dpsgd: train with DP-SGD (per-example clipping and noise, through Opacus).
+        split: split fine-tuning (``[split]``): each step is the client's forward, the
+            server's step and the client's backward (:mod:`fedfm.client.split`).
     """
+    if split is not None and dpsgd is not None and dpsgd.enabled:
+        raise ValueError("split fine-tuning does not run under DP-SGD (the config refuses it)")
     live = trainable_parameters(model)
     optimizer = OPTIMIZERS[cfg.optimizer](list(live.values()), cfg)
-    if dpsgd is not None and dpsgd.enabled:
-        with private_training(model, optimizer, dpsgd, cfg.batch_size) as dp_optimizer:
-            # DP-SGD clips each example's gradient itself: no batch-level clipping on top
-            return _loop(
-                model,
-                task,
-                make_batches,
-                replace(cfg, max_grad_norm=0.0),
-                hooks,
-                live,
-                dp_optimizer,
-            )
-    return _loop(model, task, make_batches, cfg, hooks, live, optimizer)
+    with _left_alone(live, hooks.frozen):
+        if dpsgd is not None and dpsgd.enabled:
+            with private_training(model, optimizer, dpsgd, cfg.batch_size) as dp_optimizer:
+                # DP-SGD clips each example's gradient itself: no batch-level clipping on top
+                return _loop(
+                    model,
+                    task,
+                    make_batches,
+                    replace(cfg, max_grad_norm=0.0),
+                    hooks,
+                    live,
+                    dp_optimizer,
+                )
+        return _loop(model, task, make_batches, cfg, hooks, live, optimizer, split=split)
+
+
+@contextlib.contextmanager
+def _left_alone(live: dict[str, torch.nn.Parameter], frozen: frozenset[str]) -> Iterator[None]:
+    """``frozen`` tensors stop requiring gradients for the block: they get none (optimisers
+    skip a tensor without one), and backward stops below a top-layers client's lowest
+    trained layer instead of running down to layer 0."""
+    tensors = [live[name] for name in frozen]
+    for tensor in tensors:
+        tensor.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for tensor in tensors:
+            tensor.requires_grad_(True)
 
 
 def _loop(
@@ -95,6 +119,8 @@ def _loop(
     hooks: LocalHooks,
     live: dict[str, torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
+    *,
+    split: SplitStep | None = None,
 ) -> LocalResult:
     device = next(iter(live.values())).device
     correction = (
@@ -106,14 +132,18 @@ def _loop(
     steps, loss_sum = 0, 0.0
     for batch in _epochs_or_steps(make_batches, cfg):
         batch = {k: v.to(device) for k, v in batch.items()}
-        loss = task.loss(model, batch)
-        loss_sum += loss.item()
-        if hooks.extra_loss is not None:
-            loss = loss + hooks.extra_loss(live)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for name in hooks.frozen:  # a None grad: optimisers skip the tensor entirely
-            live[name].grad = None
+        if split is not None:  # the client's forward, the server's step, the client's backward
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += split.step(task, batch).item()  # both halves' gradients in place
+            if hooks.extra_loss is not None:
+                hooks.extra_loss(live).backward()
+        else:
+            loss = task.loss(model, batch)
+            loss_sum += loss.item()
+            if hooks.extra_loss is not None:
+                loss = loss + hooks.extra_loss(live)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if correction is not None:
             for name, p in live.items():
                 if p.grad is not None:
@@ -127,4 +157,5 @@ def _loop(
         params=copy_params(live),  # the tensors trained (one walk of the model fewer)
         steps=steps,
         train_loss=loss_sum / max(steps, 1),
+        metrics=split.metrics() if split is not None else {},
     )

@@ -26,6 +26,11 @@ MODULES = (
     "personal",
     "generation",
     "prefix_cache",
+    "offsite",
+    "asynchronous",
+    "pft",
+    "split",
+    "distill",
 )
 for _module in MODULES:  # registers each, in this order
     importlib.import_module(f"fedfm.features.{_module}")

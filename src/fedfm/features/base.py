@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    import torch
+
     from fedfm.client.context import ClientContext
     from fedfm.config import RunConfig
+    from fedfm.models.params import Params
     from fedfm.runtime.job import Job
     from fedfm.runtime.simulation import RoundIntake, RoundPlan, RoundState
     from fedfm.strategies.base import Update
@@ -76,6 +79,21 @@ class Feature:
     def received(self, job: Job, client_id: int, update: Update) -> None:
         """A client's update arrived, before it is checked (kept or not)."""
 
+    def after_aggregate(
+        self, job: Job, state: RoundState, previous: Params, updates: list[Update]
+    ) -> None:
+        """The round's updates are aggregated into ``state.global_params`` (``previous``: the
+        params the cohort started from, so a member's model is ``previous + update.delta``);
+        the feature may replace ``state.global_params`` (distillation into the new global
+        model), before the record and the evaluation. Only rounds with updates call it."""
+
+    def protocol_bytes(self, job: Job, plan: RoundPlan, intake: RoundIntake) -> tuple[int, int]:
+        """Bytes this feature's own messages carried this round beyond the params and the
+        updates, ``(up, down)``; counted into the round's ``bytes_up``, ``bytes_down`` and
+        ``cum_bytes`` (split fine-tuning's activations and gradients). Asked once per round,
+        before :meth:`round_record`."""
+        return 0, 0
+
     def round_record(
         self, job: Job, state: RoundState, plan: RoundPlan, intake: RoundIntake
     ) -> Record:
@@ -104,6 +122,15 @@ class Feature:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
+
+    def tensor_state(self) -> dict[str, torch.Tensor]:
+        """Tensors a resumed run needs back (saved as ``feature/<name>/<key>``; asynchronous
+        rounds: the updates in flight); empty: none."""
+        return {}
+
+    def load_tensor_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Take back :meth:`tensor_state`'s tensors (called after :meth:`load_state_dict`)."""
+        del tensors
 
 
 FEATURES: list[type[Feature]] = []  # in registration order: the order of every hook

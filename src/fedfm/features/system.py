@@ -28,6 +28,7 @@ class System(Feature):
     def __init__(self, cfg: RunConfig, **options: Any) -> None:
         super().__init__(cfg)
         self.profiles: list[ResourceProfile] = []
+        self.clock = 0.0  # the simulated time of the rounds so far (sim_clock)
 
     @classmethod
     def active(cls, cfg: RunConfig) -> bool:
@@ -90,4 +91,19 @@ class System(Feature):
     ) -> Record:
         if not (self.cfg.system.speeds or self.cfg.system.deadline):
             return {}
-        return {"stragglers": intake.stragglers, "sim_time": intake.sim_time}
+        # a synchronous round lasts as long as its slowest client, or until the deadline
+        # when a straggler is dropped or cut short (the server waits for it until then)
+        waited = self.cfg.system.deadline if intake.stragglers else 0.0
+        self.clock += max(intake.sim_time, waited)
+        return {
+            "stragglers": intake.stragglers,
+            "sim_time": intake.sim_time,
+            "sim_clock": self.clock,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        timed = self.cfg.system.speeds or self.cfg.system.deadline
+        return {"sim_clock": self.clock} if timed else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.clock = float(state.get("sim_clock", 0.0))

@@ -139,12 +139,17 @@ class _Stop(Exception):
 
 
 def prefix_states(
-    model: torch.nn.Module, stack: LayerStack, split: int, batch: dict[str, torch.Tensor]
+    model: torch.nn.Module,
+    stack: LayerStack,
+    split: int,
+    batch: dict[str, torch.Tensor],
+    *,
+    grad: bool = False,
 ) -> torch.Tensor:
     """The hidden states entering layer ``split`` (``1 <= split <= len(layers)``) for a
     batch of ``input_ids`` and ``attention_mask``: ``(B, T, hidden)``, from the whole model as
-    it is (without gradients; call it in eval mode for no dropout), inside
-    :func:`suffix_only` or not."""
+    it is (without gradients unless ``grad``: split fine-tuning keeps the prefix's autograd
+    graph; call it in eval mode for no dropout), inside :func:`suffix_only` or not."""
     seen: list[torch.Tensor] = []
 
     def grab(_: torch.nn.Module, __: Any, output: Any) -> None:
@@ -155,7 +160,7 @@ def prefix_states(
     _remove(stack, split)
     handle = stack.layers[split - 1].register_forward_hook(grab)
     try:
-        with torch.no_grad():
+        with contextlib.nullcontext() if grad else torch.no_grad():
             model(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],

@@ -2,7 +2,9 @@
 
 ``fedfm report runs/a runs/b --out reports/ab`` ends up here: each run folder's
 ``metrics.jsonl`` and ``summary.json`` are read, and ``comparison.png`` (all runs' learning
-curves on one 2×2 figure) and ``comparison.md`` (one row per run) are written.
+curves on one 2×2 figure) and ``comparison.md`` (one row per run) are written; when every
+run records a simulated clock (``sim_clock``: ``[system]`` speeds, a deadline, or
+asynchronous rounds), also ``comparison_sim_clock.png``, the main metric against it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from typing import Any
 from fedfm.errors import FedFMError
 from fedfm.io import atomic_write_text
 from fedfm.report.metrics import read_records
-from fedfm.report.plots import format_mb, is_finite_number, plot_comparison
+from fedfm.report.plots import (
+    format_mb,
+    is_finite_number,
+    plot_against_clock,
+    plot_comparison,
+)
 
 MISSING = "–"  # shown in a table cell whose value was not logged
 
@@ -70,7 +77,8 @@ def load_run(run_dir: str | Path) -> RunData:
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``comparison.png`` and ``comparison.md`` for several runs into ``out_dir``.
+    """Write ``comparison.png`` and ``comparison.md`` for several runs into ``out_dir`` (and
+    :data:`CLOCK_PLOT` when every run records ``sim_clock``).
 
     Args:
         run_dirs: Run folders, in the order they should appear.
@@ -93,8 +101,17 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[P
     png = plot_comparison(
         {r.name: r.records for r in runs}, out / "comparison.png", title="Run comparison"
     )
-    md = atomic_write_text(out / "comparison.md", comparison_markdown(runs, png.name))
+    clock = None
+    if all(any(is_finite_number(x.get("sim_clock")) for x in r.records) for r in runs):
+        clock = plot_against_clock(  # every run ran on the simulated clock ([system] speeds)
+            {r.name: r.records for r in runs}, out / CLOCK_PLOT, title="Run comparison"
+        )
+    text = comparison_markdown(runs, png.name, clock.name if clock is not None else None)
+    md = atomic_write_text(out / "comparison.md", text)
     return png, md
+
+
+CLOCK_PLOT = "comparison_sim_clock.png"  # written when every run records sim_clock
 
 
 def _unique_names(runs: list[RunData]) -> list[RunData]:
@@ -106,8 +123,11 @@ def _unique_names(runs: list[RunData]) -> list[RunData]:
     ]
 
 
-def comparison_markdown(runs: Sequence[RunData], image_name: str = "comparison.png") -> str:
-    """Return the markdown report: a heading, the table, the figure and the run folders."""
+def comparison_markdown(
+    runs: Sequence[RunData], image_name: str = "comparison.png", clock_image: str | None = None
+) -> str:
+    """Return the markdown report: a heading, the table, the figure(s) and the run folders."""
+    clock = f"![learning curves by simulated time]({clock_image})\n\n" if clock_image else ""
     columns = _columns(runs)
     table = markdown_table([_row(r) for r in runs], columns)
     folders = "\n".join(f"- `{r.name}`: `{r.folder}`" for r in runs)
@@ -117,6 +137,7 @@ def comparison_markdown(runs: Sequence[RunData], image_name: str = "comparison.p
         "Data sent counts both directions (server → clients and back), in MB of 10^6 bytes; "
         "the full-model column is what the same rounds would have sent with full-model FL.\n\n"
         f"![learning curves]({image_name})\n\n"
+        f"{clock}"
         f"Runs:\n\n{folders}\n"
     )
 

@@ -102,6 +102,44 @@ def plot_comparison(
     return _save(_figure(runs, title=title, mb_note=""), path)
 
 
+def plot_against_clock(
+    runs: Mapping[str, Sequence[Record]], path: str | os.PathLike[str], *, title: str = ""
+) -> Path:
+    """Plot several runs' main test metric against the simulated clock (``sim_clock``: the
+    ``[system]`` speeds' time units, cumulative), one line per run: asynchronous (FedBuff)
+    and synchronous runs, with or without a deadline, on one time axis.
+
+    Args:
+        runs: Run name → that run's round records (those without ``sim_clock`` are skipped).
+        path: Where to write the PNG (atomically).
+        title: Figure title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    metric = main_metric([r for records in runs.values() for r in records])
+    for i, (name, records) in enumerate(runs.items()):
+        if metric:
+            _line(ax, records, "sim_clock", metric, label=name, color=f"C{i % 10}")
+    label = _LABELS[metric] if metric else "test metric"
+    ax.set_title(f"{label} by simulated time", fontsize=10)
+    ax.set_xlabel("simulated time (local steps at speed 1.0)")
+    ax.set_ylabel(label)
+    ax.grid(True, alpha=0.3)
+    _finish_panel(ax, log_y=metric == "test_perplexity")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=13)
+    return _save(fig, path)
+
+
 def _figure(runs: Mapping[str, Sequence[Record]], *, title: str, mb_note: str) -> Figure:
     """Draw every run onto a fresh 2×2 figure and label the axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -7,6 +7,7 @@
     client/<id>/<param>         a client's strategy state (SCAFFOLD's control variate)
     personal/<id>/<param>       a client's personal tensors (strategy.personal)
     pipeline/<id>/<param>       a client's pipeline state (compression's error feedback)
+    feature/<name>/<key>        an optional feature's tensors (asynchronous: updates in flight)
     rng/torch                   torch's RNG state (uint8)
 
 and, in the header's metadata, a JSON manifest: the round, the backbone hash, the run id, the
@@ -52,7 +53,7 @@ FORMAT = "fedfm-checkpoint/2"  # 2: optional features keep their own state
 MANIFEST_KEY = "fedfm_checkpoint"  # the manifest (JSON) in the safetensors metadata
 CHECKSUM_KEY = "fedfm_sha256"
 TORCH_RNG = "rng/torch"
-GROUPS = ("strategy", "client", "personal", "pipeline")  # nested: <group>/<key>/<param>
+GROUPS = ("strategy", "client", "personal", "pipeline", "feature")  # <group>/<key>/<param>
 # what --resume may change: how long, where and how the run goes, not what it trains
 RESUMABLE_KEYS = ("name", "rounds", "output_dir", "backend", "device")
 RESUMABLE_SECTIONS = ("eval.", "checkpoint.", "remote.", "ray.")
@@ -74,6 +75,7 @@ class Checkpoint:
     pipeline_states: dict[int, Params] = field(default_factory=dict)
     # each active feature's own state, JSON (the adaptive clip norm, DP-SGD steps per client)
     features: dict[str, dict[str, Any]] = field(default_factory=dict)
+    feature_tensors: dict[str, Params] = field(default_factory=dict)  # Feature.tensor_state
     config: dict[str, Any] = field(default_factory=dict)  # fingerprint read back (see below)
 
 
@@ -161,6 +163,7 @@ def _flatten(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, list[
         "client": ckpt.client_states,
         "personal": ckpt.personal,
         "pipeline": ckpt.pipeline_states,
+        "feature": ckpt.feature_tensors,
     }
     groups: dict[str, list[str]] = {}
     for group in GROUPS:
@@ -279,8 +282,8 @@ def check_config(ckpt: Checkpoint, cfg: RunConfig, path: Path) -> None:
 
 
 def _unflatten(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Checkpoint:
-    nested: dict[str, dict[str, Params]] = {
-        group: {str(key): {} for key in manifest["groups"][group]} for group in GROUPS
+    nested: dict[str, dict[str, Params]] = {  # "feature" is absent from older checkpoints
+        group: {str(key): {} for key in manifest["groups"].get(group, [])} for group in GROUPS
     }
     global_params: Params = {}
     for name, tensor in tensors.items():
@@ -307,5 +310,6 @@ def _unflatten(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Ch
         personal=by_id("personal"),
         pipeline_states=by_id("pipeline"),
         features={str(name): dict(state) for name, state in manifest["features"]},
+        feature_tensors=nested["feature"],
         config=dict(manifest["config"]),
     )

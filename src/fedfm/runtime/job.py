@@ -85,6 +85,13 @@ class Job:
         return found.names if found is not None else frozenset()
 
     @property
+    def server_side(self) -> frozenset[str]:
+        """Trainable tensors the server computes and keeps under split fine-tuning
+        (``split.enabled``): never sent to a client, their delta never sent up."""
+        found = self.feature("split")
+        return found.server_side if found is not None else frozenset()
+
+    @property
     def dp(self) -> ClientDP | None:
         """Client-level DP's budget, clip norm and noise (``[privacy]``), or ``None``."""
         found = self.feature("client_dp")

@@ -28,6 +28,7 @@ from fedfm.models.params import Params, num_params, save_params_file, set_params
 from fedfm.report.card import write_model_card
 from fedfm.report.metrics import MetricsLog, read_records
 from fedfm.report.plots import plot_curves
+from fedfm.runtime.asynchronous import run_async_round
 from fedfm.runtime.checkpoint import (
     Checkpoint,
     check_config,
@@ -120,6 +121,7 @@ def _restore(job: Job, ckpt: Checkpoint, run_dir: Path, log: MetricsLog) -> Roun
     job.strategy.load_state_dict(ckpt.strategy_state)
     for feature in job.features:
         feature.load_state_dict(ckpt.features.get(feature.name, {}))
+        feature.load_tensor_state(ckpt.feature_tensors.get(feature.name, {}))
     restore_rng(ckpt.rng)
     log.truncate_after(ckpt.round)
     records = read_records(run_dir / METRICS_FILE)
@@ -148,6 +150,7 @@ def _checkpoint(job: Job, run_dir: Path, state: RoundState) -> None:
             personal=state.personal,
             pipeline_states=state.pipeline_states,
             features={f.name: f.state_dict() for f in job.features if f.state_dict()},
+            feature_tensors={f.name: f.tensor_state() for f in job.features if f.tensor_state()},
         ),
         cfg=job.cfg,
     )
@@ -372,7 +375,7 @@ def execute(
         clients_bar = progress.add_task("clients", total=cohort)
         while state.round < job.rounds:
             progress.reset(clients_bar, total=cohort)
-            record = run_round(
+            record = (run_async_round if cfg.asynchronous.enabled else run_round)(
                 job, state, on_client=lambda _: progress.advance(clients_bar), transport=transport
             )
             log.append(record)

@@ -278,7 +278,8 @@ def plan_round(job: Job, state: RoundState) -> RoundPlan:
         [job.federation.pooled()] if strategy.pooled else [job.federation[cid] for cid in cohort]
     )
     work = {c.id: plan_work(job, c) for c in clients}
-    sent = {k: v for k, v in state.global_params.items() if k not in job.personal}
+    kept = job.personal | job.server_side  # never sent: personal, split's server part
+    sent = {k: v for k, v in state.global_params.items() if k not in kept}
     bytes_down = 0
     by_rank: dict[int, int] = {}  # the members of one rank are sent the same tensors
     if strategy.communicates:
@@ -389,8 +390,11 @@ def finish_round(
     protocol_up = 0  # what the update chain's reduction cost beyond the updates (secagg)
     if updates:
         step = job.pipeline.reduce(round_, updates)
+        previous = state.global_params  # what the cohort started from
         state.global_params = strategy.aggregate(round_, state.global_params, step.mean, updates)
         job.apply_backbone_delta()
+        for feature in job.features:  # e.g. distillation into the new global params
+            feature.after_aggregate(job, state, previous, updates)
         reduced, protocol_up = step.info, step.bytes_up
         bytes_down += step.bytes_down
     elif round_ == 1:
@@ -398,6 +402,9 @@ def finish_round(
     state.round = round_
     bytes_up = sum(u.bytes_up for u in updates) if strategy.communicates else 0
     bytes_up += protocol_up
+    for feature in job.features:  # a feature's own messages (split's activations, gradients)
+        up, down = feature.protocol_bytes(job, plan, intake)
+        bytes_up, bytes_down = bytes_up + up, bytes_down + down
     state.cum_bytes += bytes_down + bytes_up
     if strategy.communicates:
         state.full_model_cum_bytes += 2 * job.full_model_bytes * len(plan.cohort)

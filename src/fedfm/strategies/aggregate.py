@@ -151,7 +151,7 @@ def update_statistics(deltas: Sequence[Params]) -> tuple[list[float], float | No
             continue
         values = [v.float() for v in delta.values()]  # a no-op for float32
         if total is None:
-            total = torch._foreach_div(values, norm)
+            total = list(torch._foreach_div(values, norm))
         else:
             torch._foreach_add_(total, values, alpha=1.0 / norm)
     if total is None:

@@ -1,0 +1,268 @@
+"""Asynchronous rounds (``[asynchronous]``, FedBuff) in the in-process simulator.
+
+A round of an asynchronous run is one server step: the server applies the buffer once
+``asynchronous.buffer`` (K) updates have arrived. On the simulated clock of the ``[system]``
+speeds (a client of speed s needs ``steps / s`` time units):
+
+1. at the start ``asynchronous.concurrency`` clients are dispatched (later: one replacement
+   for every client that arrived in the previous round), drawn without replacement among the
+   idle clients (:func:`~fedfm.runtime.fedbuff.draw_clients`, a pure function of seed and
+   version). A client trains at once, in process, from the *current* global params and
+   version (its result depends only on them, its own state and seeds), and its decoded
+   update waits in the event queue until its finish time (dispatch time + steps / speed);
+2. the earliest finish arrives; it is taken in as in a synchronous round (a failed,
+   malformed or non-finite update is recorded in ``excluded``); a valid one joins the buffer
+   with staleness τ = current version - the version it started from;
+3. when the buffer holds K updates (or nothing is left in flight) the server steps: each
+   delta is multiplied by ``s(τ)`` (:func:`~fedfm.runtime.fedbuff.staleness_weight`), the
+   update chain reduces them in dispatch order and the strategy aggregates, exactly as
+   :func:`~fedfm.runtime.simulation.finish_round` does for a synchronous round.
+
+With τ = 0 for every update (K = concurrency = the cohort size) this is FedAvg's round, bit
+for bit. The server's state (clock, version, clients in flight with their updates) lives in
+the ``asynchronous`` feature, which saves it in checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from fedfm.client.state import ClientState
+from fedfm.errors import FedFMError
+from fedfm.models.lora import lora_bytes_at_rank
+from fedfm.models.params import Params, payload_bytes
+from fedfm.runtime.fedbuff import Arrival, FedBuffServer, InFlight, draw_clients, staleness_weight
+from fedfm.runtime.job import Job
+from fedfm.runtime.simulation import (
+    ClientOutcome,
+    Fitted,
+    RoundIntake,
+    RoundPlan,
+    RoundState,
+    Transport,
+    Work,
+    finish_round,
+    plan_work,
+    receive,
+)
+from fedfm.runtime.transports import in_process
+from fedfm.strategies.base import Update
+
+
+@dataclass
+class AsyncIntake(RoundIntake):
+    """A server step's intake plus what the record says of staleness and the clock.
+
+    Attributes:
+        staleness: τ of each applied update, in the order applied (dispatch order).
+        sim_clock: the simulated time of the step (cumulative since the start).
+    """
+
+    staleness: list[int] = field(default_factory=list)
+    sim_clock: float = 0.0
+
+
+def run_async_round(
+    job: Job,
+    state: RoundState,
+    *,
+    on_client: Callable[[int], None] | None = None,
+    transport: Transport | None = None,
+) -> dict[str, Any]:
+    """Run server step ``state.round + 1`` of an asynchronous run in place on ``state``;
+    return its record (a synchronous round's, plus ``staleness``, ``staleness_max`` and
+    ``sim_clock``)."""
+    _check_transport(transport)
+    feature = job.feature("asynchronous")
+    server: FedBuffServer[Fitted] = feature.server
+    if server.version != state.round:
+        raise FedFMError(
+            f"the asynchronous server is at version {server.version}, the run at "
+            f"round {state.round}: the checkpoint does not match its run"
+        )
+    started, since = time.perf_counter(), server.clock
+    job.apply_backbone_delta()
+    bytes_down = dispatch(job, state, feature)
+    intake, arrived = _take_in(job, state, server, on_client)
+    held = server.flush()
+    feature.pending = len(arrived)  # each is replaced at the start of the next step
+    intake.updates = [weighted(a, feature) for a in held]
+    intake.staleness = [a.staleness for a in held]
+    intake.sim_time, intake.sim_clock = server.clock - since, server.clock
+    plan = RoundPlan(
+        round=server.version,
+        cohort=arrived,
+        clients=[job.federation[c] for c in arrived],
+        payload={},
+        work={},
+        bytes_down=bytes_down,
+        started=started,
+    )
+    return finish_round(job, state, plan, intake)
+
+
+def _check_transport(transport: Transport | None) -> None:
+    if transport is not None and not isinstance(transport, in_process.InProcess):
+        raise FedFMError(
+            f"asynchronous.enabled = true runs in the in-process simulator only, not with the "
+            f"{type(transport).__name__} transport: asynchronous Ray and remote clients are not "
+            'built yet; set backend = "simulation" or asynchronous.enabled = false'
+        )
+
+
+def _take_in(
+    job: Job,
+    state: RoundState,
+    server: FedBuffServer[Fitted],
+    on_client: Callable[[int], None] | None,
+) -> tuple[AsyncIntake, list[int]]:
+    """Arrivals, earliest first, until the buffer is full or nothing is in flight: each taken
+    in as a synchronous round takes in a client; the valid ones wait in the buffer."""
+    intake, arrived = AsyncIntake(), []
+    while not server.full and server.in_flight:
+        arrival = server.pop()
+        cid = arrival.flight.client
+        arrived.append(cid)
+        outcome, error = arrival.flight.payload
+        receive(job, state, intake, cid, outcome, error)
+        if intake.updates:  # valid: it waits in the buffer, not in the intake
+            intake.updates.pop()
+            server.hold(arrival)
+        if on_client is not None:
+            on_client(cid)
+    return intake, arrived
+
+
+def weighted(arrival: Arrival[Fitted], feature: Any) -> Update:
+    """An arrival's update with its delta multiplied by ``s(τ)`` (the same update at 1.0)."""
+    outcome = arrival.flight.payload[0]
+    assert outcome is not None  # only valid arrivals are held
+    cfg = feature.cfg.asynchronous
+    w = staleness_weight(arrival.staleness, cfg.staleness, cfg.staleness_a, cfg.staleness_b)
+    update = outcome.update
+    if w == 1.0:
+        return update
+    return replace(update, delta={k: v * w for k, v in update.delta.items()})
+
+
+def dispatch(job: Job, state: RoundState, feature: Any) -> int:
+    """Send off the step's clients (the first wave, or one per arrival of the last step),
+    each trained now from the current global params; return the bytes sent down."""
+    server: FedBuffServer[Fitted] = feature.server
+    n = feature.concurrency if server.tickets == 0 else feature.pending
+    feature.pending = 0
+    busy = server.busy()
+    idle = [c for c in feature.eligible if c not in busy]
+    round_ = server.version + 1  # the step these clients train toward (seeds their batches)
+    payload = job.strategy.payload(round_)
+    sent = {k: v for k, v in state.global_params.items() if k not in job.personal}
+    by_rank: dict[int, int] = {}
+    bytes_down = 0
+    for cid in draw_clients(idle, n, seed=job.cfg.seed, version=server.version):
+        client = job.federation[cid]
+        work = plan_work(job, client)
+        fitted = _train(job, state, cid, work, payload, round_)
+        server.dispatch(client=cid, duration=work.full_steps / work.speed, payload=fitted)
+        if work.rank not in by_rank:
+            own = lora_bytes_at_rank(sent, work.rank) if work.rank else sent
+            by_rank[work.rank] = payload_bytes({**own, **payload})
+        bytes_down += by_rank[work.rank] + job.strategy.extra_down_bytes(cid, round_)
+    return bytes_down
+
+
+def _train(
+    job: Job, state: RoundState, cid: int, work: Work, payload: Params, round_: int
+) -> Fitted:
+    try:
+        outcome = in_process.fit_client(
+            job,
+            job.federation[cid],
+            state.global_params,
+            payload,
+            state.client(cid),
+            round_,
+            rank=work.rank,
+            steps=work.override_steps,
+            layers=work.layers,
+        )
+    except in_process.FAILURES as err:
+        return None, f"{type(err).__name__}: {err}"
+    return outcome, None
+
+
+# ---------------------------------------------------------------- checkpoints
+
+_GROUPS = ("delta", "extras", "strategy", "personal", "pipeline")
+
+
+def server_state(server: FedBuffServer[Fitted]) -> tuple[dict[str, Any], Params]:
+    """The server's state as JSON values and tensors named ``<ticket>/<group>/<param>``
+    (taken between steps, when the buffer is empty: every held update is in flight)."""
+    if server.buffer:
+        raise FedFMError("the asynchronous buffer is saved only between server steps")
+    flights, tensors = [], {}
+    for flight in sorted(server.in_flight):
+        outcome, error = flight.payload
+        entry: dict[str, Any] = {
+            "finish": flight.finish,
+            "ticket": flight.ticket,
+            "client": flight.client,
+            "version": flight.version,
+            "error": error,
+        }
+        if outcome is not None:
+            u = outcome.update
+            entry["update"] = {
+                "client_id": u.client_id,
+                "num_examples": u.num_examples,
+                "metrics": dict(u.metrics),
+                "bytes_up": u.bytes_up,
+                "rank": u.rank,
+            }
+            groups = (u.delta, u.extras, *_kept(outcome.state))
+            for group, params in zip(_GROUPS, groups, strict=True):
+                tensors.update({f"{flight.ticket}/{group}/{k}": v for k, v in params.items()})
+        flights.append(entry)
+    meta = {
+        "clock": server.clock,
+        "version": server.version,
+        "tickets": server.tickets,
+        "in_flight": flights,
+    }
+    return meta, tensors
+
+
+def _kept(kept: ClientState) -> tuple[Params, Params, Params]:
+    return kept.strategy, kept.personal, kept.pipeline
+
+
+def load_server(size: int, meta: dict[str, Any], tensors: Params) -> FedBuffServer[Fitted]:
+    """The server :func:`server_state` saved (its buffer size ``size``)."""
+    by_group: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        number, group, param = name.split("/", 2)
+        by_group.setdefault((int(number), group), {})[param] = tensor
+    flights: list[InFlight[Fitted]] = []
+    for entry in meta["in_flight"]:
+        ticket = int(entry["ticket"])
+        fitted: Fitted = (None, entry["error"])
+        if entry.get("update") is not None:
+            g = [by_group.get((ticket, group), {}) for group in _GROUPS]
+            update = Update(delta=g[0], extras=g[1], **entry["update"])
+            fitted = (ClientOutcome(update, ClientState(g[2], g[3], g[4])), None)
+        flight = InFlight(
+            float(entry["finish"]), ticket, int(entry["client"]), int(entry["version"]), fitted
+        )
+        flights.append(flight)
+    return FedBuffServer(
+        size=size,
+        clock=float(meta["clock"]),
+        version=int(meta["version"]),
+        tickets=int(meta["tickets"]),
+        in_flight=sorted(flights),  # a sorted list is a heap
+    )
