@@ -55,6 +55,7 @@ LAYERS: list[list[str]] = [
         "report",
         "generation",
         "dpo",
+        "transfer",
     ],
     ["strategies"],
     ["update", "pipeline"],
