@@ -32,7 +32,7 @@ the resolved configs. The machine is shared (2 cores, other processes running): 
 are contended; ratios of interleaved arms are the robust part.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/offsite.py              # about 2 minutes
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/offsite.py --accuracy   # about 25 minutes on 2 busy cores
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/offsite.py --accuracy   # about 25 minutes (busy)
 """
 
 from __future__ import annotations
