@@ -19,7 +19,7 @@ NUMBER = re.compile(r"\|\s*[-+]?\d+\.\d+")  # a table cell that starts with a de
 
 
 @pytest.mark.parametrize(
-    "name", ["federation", "init", "adapters", "synth", "privacy", "lora", "instruct"]
+    "name", ["federation", "init", "adapters", "synth", "privacy", "lora", "instruct", "weak"]
 )
 def test_quick_version_writes_report_plots_and_results(name: str, tmp_path: Path) -> None:
     assert name in EXPERIMENTS

@@ -8,6 +8,7 @@ from fedfm.experiments import (  # noqa: F401  (registers them)
     e5_privacy,
     e6_lora,
     e7_instruct,
+    e8_weak,
 )
 from fedfm.experiments.base import EXPERIMENTS, Arm, ArmResult, Experiment
 from fedfm.experiments.runner import run_experiment
