@@ -6,6 +6,7 @@ measurement's allocations (and its peak RSS) never leak into another's.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,36 @@ def run_worker(script: Path, spec: dict[str, Any], *, threads: int) -> dict[str,
             sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
             raise RuntimeError(f"worker failed (rc {proc.returncode}) on {spec}")
         return json.loads(result_path.read_text())
+
+
+def worker_parser(description: str) -> argparse.ArgumentParser:
+    """The options every worker-based benchmark takes: ``--threads``, ``--out`` and the
+    hidden ``--worker`` (see :func:`serve_worker`)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def workload_parser(
+    description: str, workloads: Iterable[str], *, rounds: int
+) -> argparse.ArgumentParser:
+    """:func:`worker_parser` plus ``--only WORKLOAD`` and ``--rounds``."""
+    parser = worker_parser(description)
+    parser.add_argument("--only", choices=sorted(workloads))
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser
+
+
+def serve_worker(args: argparse.Namespace, worker: Callable[[dict[str, Any]], Any]) -> bool:
+    """In a ``--worker`` subprocess (:func:`run_worker`): run ``worker`` on its spec, write
+    the JSON result where the spec says, and return True; otherwise return False."""
+    if not args.worker:
+        return False
+    spec = json.loads(args.worker)
+    Path(spec["result"]).write_text(json.dumps(worker(spec)))
+    return True
 
 
 def set_threads(threads: int) -> None:

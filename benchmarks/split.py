@@ -26,8 +26,6 @@ Writes ``benchmarks/results/split.json`` with the resolved config.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -35,13 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    RESULTS,
     check_fingerprint,
     machine_info,
     markdown_table,
     median,
     run_worker,
+    serve_worker,
     set_threads,
+    worker_parser,
     write_json,
 )
 
@@ -212,16 +211,11 @@ def token_recovery(job: Any, splits: dict[int, Any], batches: list[Any]) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = worker_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        spec = json.loads(args.worker)
-        Path(spec["result"]).write_text(json.dumps(worker(spec)))
+    if serve_worker(args, worker):
         return 0
     report: dict[str, Any] = {
         "machine": machine_info(args.threads),

@@ -20,9 +20,7 @@ Writes ``benchmarks/results/top_layers.json`` with the resolved configs.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -30,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    RESULTS,
     check_fingerprint,
     machine_info,
     markdown_table,
     median,
     run_worker,
+    serve_worker,
     set_threads,
+    workload_parser,
     write_json,
 )
 
@@ -117,16 +116,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=sorted(WORKLOADS))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser = workload_parser(__doc__.split("\n\n")[0], WORKLOADS, rounds=5)
     args = parser.parse_args(argv)
-    if args.worker:
-        spec = json.loads(args.worker)
-        Path(spec["result"]).write_text(json.dumps(worker(spec)))
+    if serve_worker(args, worker):
         return 0
     report: dict[str, Any] = {
         "machine": machine_info(args.threads),
