@@ -176,3 +176,16 @@ def _trained_bpe(specials: tuple[str, ...]) -> str:
     )
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     return tok.to_str()
+
+
+def deeper_bert(source: Path, folder: Path, layers: int) -> Path:
+    """The tiny BERT in ``source`` rebuilt with ``layers`` layers (random init, seed 0) in
+    ``folder``, with its tokenizer files: room for layer cuts the 2-layer one lacks."""
+    config = transformers.BertConfig.from_pretrained(source)
+    config.num_hidden_layers = layers
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(config).save_pretrained(folder)
+    for path in source.iterdir():
+        if "token" in path.name or path.name == "vocab.txt":
+            shutil.copy2(path, folder / path.name)
+    return folder

@@ -5,13 +5,12 @@ acts below the cut (the cached prefix runs in eval mode; dropout above the cut s
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import transformers
+from tiny_models import deeper_bert
 
 from fedfm.config import load_config
 from fedfm.data.batching import batch_order, batches
@@ -43,15 +42,7 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def bert3(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny BERT with 3 layers (the shared one has 2): room for a cut at layer 1 under
     clients that train their top 1 or top 2 layers."""
-    source, folder = tiny_model_dirs["bert"], tmp_path_factory.mktemp("bert3")
-    config = transformers.BertConfig.from_pretrained(source)
-    config.num_hidden_layers = 3
-    torch.manual_seed(0)
-    transformers.AutoModel.from_config(config).save_pretrained(folder)
-    for path in source.iterdir():
-        if "token" in path.name or path.name == "vocab.txt":
-            shutil.copy2(path, folder / path.name)
-    return folder
+    return deeper_bert(tiny_model_dirs["bert"], tmp_path_factory.mktemp("bert3"), 3)
 
 
 def _lines(tmp_path: Path) -> str:

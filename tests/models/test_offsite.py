@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
 from rich.console import Console
+from tiny_models import deeper_bert
 
 from fedfm.config import AdapterConfig, load_config
 from fedfm.errors import ConfigError
@@ -249,15 +249,7 @@ SMALL = [
 @pytest.fixture(scope="module")
 def bert4(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny BERT with 4 layers: bottom 0 and top 3 adapt, middle 1 is kept, 2 dropped."""
-    source, folder = tiny_model_dirs["bert"], tmp_path_factory.mktemp("bert4")
-    config = transformers.BertConfig.from_pretrained(source)
-    config.num_hidden_layers = 4
-    torch.manual_seed(0)
-    transformers.AutoModel.from_config(config).save_pretrained(folder)
-    for path in source.iterdir():
-        if "token" in path.name or path.name == "vocab.txt":
-            shutil.copy2(path, folder / path.name)
-    return folder
+    return deeper_bert(tiny_model_dirs["bert"], tmp_path_factory.mktemp("bert4"), 4)
 
 
 @pytest.fixture(autouse=True)
