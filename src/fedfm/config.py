@@ -770,14 +770,15 @@ class SplitConfig:
 @dataclass(frozen=True)
 class AsynchronousConfig:
     """``[asynchronous]``: FedBuff (Nguyen et al., 2022): buffered asynchronous aggregation on
-    the simulated clock of the ``[system]`` speeds. See [docs/async.md](docs/async.md)."""
+    the simulated clock of the ``[system]`` speeds, or with ``fedfm serve``'s remote clients on
+    the wall clock. See [docs/async.md](docs/async.md)."""
 
     enabled: bool = knob(
         False,
         "asynchronous rounds (FedBuff): clients train from the global version they last "
         "received and the server steps each time `asynchronous.buffer` updates have arrived; "
-        'a round is one such server step. `backend = "simulation"` only. See '
-        "[docs/async.md](docs/async.md)",
+        'a round is one such server step. `backend = "simulation"` (simulated clock) or '
+        '`"remote"` (`fedfm serve`, wall clock). See [docs/async.md](docs/async.md)',
     )
     buffer: int = knob(
         0,

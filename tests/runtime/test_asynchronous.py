@@ -18,7 +18,7 @@ from fedfm.runtime import asynchronous
 from fedfm.runtime.checkpoint import load_checkpoint
 from fedfm.runtime.fedbuff import SCHEDULES, FedBuffServer, draw_clients, staleness_weight
 from fedfm.runtime.job import build_job
-from fedfm.runtime.run import execute, prepare_run_dir, resume_config
+from fedfm.runtime.run import execute, prepare_run_dir, resume_config, round_line
 from fedfm.runtime.simulation import RoundState, Transport
 from fedfm.runtime.transports import in_process
 from fedfm.strategies.aggregate import weighted_average
@@ -209,6 +209,9 @@ def test_lora_and_the_update_chain_run_asynchronously(tmp_path, extra):
     summary, records = _run(tmp_path, "lora", "rounds=3", *ASYNC, *LORA, *extra)
     assert summary["rounds_completed"] == 3
     assert any(r["staleness_max"] > 0 for r in records)
+    last = records[-1]
+    line = f"staleness ≤ {last['staleness_max']}  clock {last['sim_clock']:.1f}"
+    assert line in round_line(last, 3)  # the console says how stale, and when
     params = _params(tmp_path, "lora")
     initial = build_job(_cfg(tmp_path, *ASYNC, *LORA, *extra)).initial_params
     b_names = [k for k in initial if "lora_B" in k]

@@ -55,9 +55,9 @@ _REFUSED = (
     ),
     (
         "backend",
-        lambda v: v != "simulation",
-        "asynchronous Ray and remote clients are not built yet",
-        "backend = 'simulation'",
+        lambda v: v == "ray",
+        "asynchronous Ray actors are not built yet (in process and remote clients are)",
+        "backend = 'simulation' or 'remote'",
     ),
     (
         "strategy.personal",
@@ -95,7 +95,7 @@ class Asynchronous(Feature):
         self.buffer = 0  # K, resolved
         self.concurrency = 0  # resolved
         self.eligible: list[int] = []  # clients that train (not left out by their profile)
-        self.pending = 0  # clients that arrived at the last step, replaced at the next
+        self.pending = 0  # clients whose updates the last step applied, replaced at the next
         self._saved: dict[str, Any] = {}  # a checkpoint's state, until its tensors come
 
     @classmethod

@@ -1,22 +1,31 @@
-"""Asynchronous rounds (``[asynchronous]``, FedBuff) in the in-process simulator.
+"""Asynchronous rounds (``[asynchronous]``, FedBuff): the server's step, whichever
+transport carries the clients.
 
 A round of an asynchronous run is one server step: the server applies the buffer once
-``asynchronous.buffer`` (K) updates have arrived. On the simulated clock of the ``[system]``
-speeds (a client of speed s needs ``steps / s`` time units):
+``asynchronous.buffer`` (K) updates have arrived.
 
 1. at the start ``asynchronous.concurrency`` clients are dispatched (later: one replacement
-   for every client that arrived in the previous round), drawn without replacement among the
+   for every update the previous step applied), drawn without replacement among the
    idle clients (:func:`~fedfm.runtime.fedbuff.draw_clients`, a pure function of seed and
-   version). A client trains at once, in process, from the *current* global params and
-   version (its result depends only on them, its own state and seeds), and its decoded
-   update waits in the event queue until its finish time (dispatch time + steps / speed);
-2. the earliest finish arrives; it is taken in as in a synchronous round (a failed,
-   malformed or non-finite update is recorded in ``excluded``); a valid one joins the buffer
-   with staleness τ = current version - the version it started from;
+   version), each from the *current* global params and version
+   (:meth:`~fedfm.runtime.simulation.Transport.launch`);
+2. the next client arrives (:meth:`~fedfm.runtime.simulation.Transport.arrival`); it is taken
+   in as in a synchronous round (a failed, malformed or non-finite update is recorded in
+   ``excluded``, and its client replaced at once); a valid one joins the buffer with
+   staleness τ = current version - the version it started from;
 3. when the buffer holds K updates (or nothing is left in flight) the server steps: each
    delta is multiplied by ``s(τ)`` (:func:`~fedfm.runtime.fedbuff.staleness_weight`), the
    update chain reduces them in dispatch order and the strategy aggregates, exactly as
    :func:`~fedfm.runtime.simulation.finish_round` does for a synchronous round.
+
+Two transports carry it. In process (``backend = "simulation"``) a client trains at once when
+dispatched and arrives on the simulated clock of the ``[system]`` speeds (a client of speed
+s needs ``steps / s`` time units after its dispatch). With ``fedfm serve`` (``backend =
+"remote"``) the dispatch publishes the client's task, the clock is the server's wall clock
+in seconds, and clients arrive in the order the network delivers their updates; a client
+still out ``remote.deadline × (1 + remote.patience)`` seconds after its dispatch is given
+up on (recorded in ``excluded``) and replaced; so is one in flight when a resumed run's
+server stopped.
 
 With τ = 0 for every update (K = concurrency = the cohort size) this is FedAvg's round, bit
 for bit. The server's state (clock, version, clients in flight with their updates) lives in
@@ -26,7 +35,7 @@ the ``asynchronous`` feature, which saves it in checkpoints.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,7 +54,6 @@ from fedfm.runtime.simulation import (
     RoundPlan,
     RoundState,
     Transport,
-    Work,
     finish_round,
     plan_work,
     receive,
@@ -77,7 +85,13 @@ def run_async_round(
     """Run server step ``state.round + 1`` of an asynchronous run in place on ``state``;
     return its record (a synchronous round's, plus ``staleness``, ``staleness_max`` and
     ``sim_clock``)."""
-    _check_transport(transport)
+    transport = transport or in_process.InProcess()
+    if not transport.asynchronous:
+        raise FedFMError(
+            f"asynchronous.enabled = true cannot run on the {type(transport).__name__} "
+            'transport (asynchronous Ray is not built yet): set backend = "simulation" or '
+            '"remote", or asynchronous.enabled = false'
+        )
     feature = job.feature("asynchronous")
     server: FedBuffServer[Fitted] = feature.server
     if server.version != state.round:
@@ -87,10 +101,11 @@ def run_async_round(
         )
     started, since = time.perf_counter(), server.clock
     job.apply_backbone_delta()
-    bytes_down = dispatch(job, state, feature)
-    intake, arrived = _take_in(job, state, server, on_client)
+    lost = transport.adopt(job, server)  # a resumed server's remote clients are gone
+    sender = Dispatcher(job, state, feature, transport)
+    sender.send(feature.concurrency if server.tickets == 0 else feature.pending)
+    intake, arrived = _take_in(job, state, feature, sender, lost, on_client)
     held = server.flush()
-    feature.pending = len(arrived)  # each is replaced at the start of the next step
     intake.updates = [weighted(a, feature) for a in held]
     intake.staleness = [a.staleness for a in held]
     intake.sim_time, intake.sim_clock = server.clock - since, server.clock
@@ -100,32 +115,37 @@ def run_async_round(
         clients=[job.federation[c] for c in arrived],
         payload={},
         work={},
-        bytes_down=bytes_down,
+        bytes_down=sender.bytes_down,
         started=started,
     )
-    return finish_round(job, state, plan, intake)
-
-
-def _check_transport(transport: Transport | None) -> None:
-    if transport is not None and not isinstance(transport, in_process.InProcess):
-        raise FedFMError(
-            f"asynchronous.enabled = true runs in the in-process simulator only, not with the "
-            f"{type(transport).__name__} transport: asynchronous Ray and remote clients are not "
-            'built yet; set backend = "simulation" or asynchronous.enabled = false'
-        )
+    record = finish_round(job, state, plan, intake)
+    record.update(transport.record())
+    return record
 
 
 def _take_in(
     job: Job,
     state: RoundState,
-    server: FedBuffServer[Fitted],
+    feature: Any,
+    sender: Dispatcher,
+    lost: list[Arrival[Fitted]],
     on_client: Callable[[int], None] | None,
 ) -> tuple[AsyncIntake, list[int]]:
-    """Arrivals, earliest first, until the buffer is full or nothing is in flight: each taken
-    in as a synchronous round takes in a client; the valid ones wait in the buffer."""
+    """Arrivals (``lost`` first, then as the transport delivers them) until the buffer is
+    full or nothing is in flight: each taken in as a synchronous round takes in a client;
+    the valid ones wait in the buffer. A client that brings no valid update is replaced at
+    once (at most ``concurrency`` times a step, so clients that always fail cannot keep a
+    step open; past that, at the next step), the others at the next step."""
+    server: FedBuffServer[Fitted] = feature.server
     intake, arrived = AsyncIntake(), []
-    while not server.full and server.in_flight:
-        arrival = server.pop()
+    feature.pending, replaced = 0, 0
+
+    def arrivals() -> Iterator[Arrival[Fitted]]:
+        yield from lost
+        while not server.full and server.in_flight:
+            yield sender.transport.arrival(job, server)
+
+    for arrival in arrivals():
         cid = arrival.flight.client
         arrived.append(cid)
         outcome, error = arrival.flight.payload
@@ -133,6 +153,11 @@ def _take_in(
         if intake.updates:  # valid: it waits in the buffer, not in the intake
             intake.updates.pop()
             server.hold(arrival)
+            feature.pending += 1
+        elif replaced < feature.concurrency:
+            replaced += sender.send(1)
+        else:
+            feature.pending += 1
         if on_client is not None:
             on_client(cid)
     return intake, arrived
@@ -150,49 +175,36 @@ def weighted(arrival: Arrival[Fitted], feature: Any) -> Update:
     return replace(update, delta={k: v * w for k, v in update.delta.items()})
 
 
-def dispatch(job: Job, state: RoundState, feature: Any) -> int:
-    """Send off the step's clients (the first wave, or one per arrival of the last step),
-    each trained now from the current global params; return the bytes sent down."""
-    server: FedBuffServer[Fitted] = feature.server
-    n = feature.concurrency if server.tickets == 0 else feature.pending
-    feature.pending = 0
-    busy = server.busy()
-    idle = [c for c in feature.eligible if c not in busy]
-    round_ = server.version + 1  # the step these clients train toward (seeds their batches)
-    payload = job.strategy.payload(round_)
-    sent = {k: v for k, v in state.global_params.items() if k not in job.personal}
-    by_rank: dict[int, int] = {}
-    bytes_down = 0
-    for cid in draw_clients(idle, n, seed=job.cfg.seed, version=server.version):
-        client = job.federation[cid]
-        work = plan_work(job, client)
-        fitted = _train(job, state, cid, work, payload, round_)
-        server.dispatch(client=cid, duration=work.full_steps / work.speed, payload=fitted)
-        if work.rank not in by_rank:
-            own = lora_bytes_at_rank(sent, work.rank) if work.rank else sent
-            by_rank[work.rank] = payload_bytes({**own, **payload})
-        bytes_down += by_rank[work.rank] + job.strategy.extra_down_bytes(cid, round_)
-    return bytes_down
+@dataclass
+class Dispatcher:
+    """Sends clients off from the current global params and version (drawn among the idle
+    ones) and counts the bytes sent down in a step."""
 
+    job: Job
+    state: RoundState
+    feature: Any
+    transport: Transport
+    bytes_down: int = 0
+    _by_rank: dict[int, int] = field(default_factory=dict)  # a rank's clients get equal bytes
 
-def _train(
-    job: Job, state: RoundState, cid: int, work: Work, payload: Params, round_: int
-) -> Fitted:
-    try:
-        outcome = in_process.fit_client(
-            job,
-            job.federation[cid],
-            state.global_params,
-            payload,
-            state.client(cid),
-            round_,
-            rank=work.rank,
-            steps=work.override_steps,
-            layers=work.layers,
-        )
-    except in_process.FAILURES as err:
-        return None, f"{type(err).__name__}: {err}"
-    return outcome, None
+    def send(self, n: int) -> int:
+        """Dispatch up to ``n`` idle clients; return how many went."""
+        job, server = self.job, self.feature.server
+        busy = server.busy()
+        idle = [c for c in self.feature.eligible if c not in busy]
+        round_ = server.version + 1  # the step these clients train toward (seeds their batches)
+        payload = job.strategy.payload(round_)
+        chosen = draw_clients(idle, n, seed=job.cfg.seed, version=server.version)
+        for cid in chosen:
+            client = job.federation[cid]
+            work = plan_work(job, client)
+            self.transport.launch(job, self.state, server, client, work, payload, round_)
+            if work.rank not in self._by_rank:
+                sent = {k: v for k, v in self.state.global_params.items() if k not in job.personal}
+                own = lora_bytes_at_rank(sent, work.rank) if work.rank else sent
+                self._by_rank[work.rank] = payload_bytes({**own, **payload})
+            self.bytes_down += self._by_rank[work.rank] + job.strategy.extra_down_bytes(cid, round_)
+        return len(chosen)
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -4,8 +4,11 @@ Asynchronous Aggregation", AISTATS 2022).
 
 Nothing here trains, sends or imports torch: a client in flight carries an opaque payload
 (in the simulator, its decoded update), so the same :class:`FedBuffServer` can serve the
-in-process driver (:mod:`fedfm.runtime.asynchronous`, on a simulated clock) and, later, a
-remote coordinator (on the wall clock, arrivals in the order the network delivers them).
+in-process driver (:mod:`fedfm.runtime.asynchronous`, on a simulated clock:
+:meth:`~FedBuffServer.pop` takes the earliest finish) and ``fedfm serve``'s coordinator (on
+the wall clock:
+:meth:`~FedBuffServer.arrive` takes a client in the order the network delivers it, and a
+flight's ``finish`` is the time the server gives up on it).
 
 Staleness: a client that started from global version ``v0`` and whose update is applied by
 the server step that turns version ``v`` into ``v + 1`` is ``τ = v - v0`` steps stale (0: it
@@ -144,6 +147,26 @@ class FedBuffServer(Generic[T]):
         flight = heapq.heappop(self.in_flight)
         self.clock = max(self.clock, flight.finish)
         return Arrival(flight, self.clock, self.version - flight.version)
+
+    def arrive(self, client: int, time: float, payload: T) -> Arrival[T]:
+        """``client``'s flight, arrived at ``time`` (at the latest its ``finish``) with
+        ``payload``; the clock moves to ``time``.
+
+        Example:
+            >>> server = FedBuffServer[str](size=1)
+            >>> _ = server.dispatch(client=7, duration=60.0, payload="given up")
+            >>> arrival = server.arrive(7, 2.5, "its update")
+            >>> arrival.flight.payload, arrival.time, server.busy()
+            ('its update', 2.5, set())
+        """
+        flight = next((f for f in self.in_flight if f.client == client), None)
+        if flight is None:
+            raise KeyError(f"client {client} is not in flight")
+        self.in_flight.remove(flight)
+        heapq.heapify(self.in_flight)
+        self.clock = max(self.clock, time)
+        arrived = InFlight(flight.finish, flight.ticket, client, flight.version, payload)
+        return Arrival(arrived, self.clock, self.version - flight.version)
 
     def hold(self, arrival: Arrival[T]) -> None:
         """Keep a valid arrival in the buffer until the next server step."""

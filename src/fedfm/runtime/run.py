@@ -86,6 +86,8 @@ def round_line(record: dict[str, Any], rounds: int) -> str:
         f"(cum {_mb(record['cum_bytes'])} vs full model {_mb(record['full_model_cum_bytes'])})"
     )
     parts.append(f"{record['seconds']:.1f} s")
+    if "staleness" in record:  # an asynchronous step: how stale, and when on its clock
+        parts.append(f"staleness ≤ {record['staleness_max']}  clock {record['sim_clock']:.1f}")
     if record.get("excluded"):
         parts.append(f"[excluded {len(record['excluded'])}]")
     if record.get("test_predicted_classes") == 1:  # accuracy alone hides this

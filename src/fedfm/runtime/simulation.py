@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from fedfm.models.params import Params, payload_bytes, set_params
 from fedfm.runtime.job import Job
 from fedfm.strategies.aggregate import mismatches, non_finite, update_statistics
 from fedfm.strategies.base import Update
+
+if TYPE_CHECKING:
+    from fedfm.runtime.fedbuff import Arrival, FedBuffServer
 
 
 @dataclass
@@ -343,6 +346,34 @@ class Transport:
     def record(self) -> dict[str, Any]:
         """Entries this transport adds to the round's record (remote: who took part)."""
         return {}
+
+    # FedBuff (:mod:`fedfm.runtime.asynchronous`): a transport that can carry asynchronous
+    # rounds sets ``asynchronous`` and implements the three methods below.
+    asynchronous = False
+
+    def launch(
+        self,
+        job: Job,
+        state: RoundState,
+        server: FedBuffServer[Fitted],
+        client: ClientData,
+        work: Work,
+        payload: Params,
+        round_: int,
+    ) -> None:
+        """Send ``client`` off from the current global params and ``server.version`` to train
+        toward step ``round_``, and put it in flight on ``server`` (``server.dispatch``)."""
+        raise NotImplementedError
+
+    def arrival(self, job: Job, server: FedBuffServer[Fitted]) -> Arrival[Fitted]:
+        """The next client to arrive (its update or why it has none), taken off ``server``;
+        called only while a client is in flight."""
+        raise NotImplementedError
+
+    def adopt(self, job: Job, server: FedBuffServer[Fitted]) -> list[Arrival[Fitted]]:
+        """The flights of a restored ``server`` (a resumed run) this transport cannot carry
+        on, taken off it with the reason; by default none."""
+        return []
 
 
 def run_round(

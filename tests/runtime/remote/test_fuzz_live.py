@@ -13,26 +13,16 @@ import pytest
 import torch
 from rich.console import Console
 from test_adversarial import _coordinator
-from test_serve_join import _client, _events, _fuzz, _overrides, _params, _port, _serve
+from test_serve_join import CLIENTS, _client, _events, _fuzz, _overrides, _params, _port, _serve
 
 from fedfm.config import load_config
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote import fedfm_pb2_grpc as pb_grpc
-from fedfm.runtime.remote.security import add_client, make_tls
 from fedfm.runtime.remote.service import start_server
 from fedfm.runtime.run import execute, prepare_run_dir
 
 pytestmark = pytest.mark.slow
-CLIENTS = ["c0", "c1", "c2"]
 SCAFFOLD = "strategy.name=scaffold"  # extras travel too: the fuzzer spoils those as well
-
-
-@pytest.fixture
-def tls(tmp_path):
-    make_tls(tmp_path / "tls")
-    for cid in CLIENTS:
-        add_client(tmp_path / "tls", cid, tmp_path / f"{cid}.json")
-    return tmp_path / "tls"
 
 
 def test_ten_thousand_fuzzed_calls_then_a_run_equal_to_the_simulation(tmp_path, tls):

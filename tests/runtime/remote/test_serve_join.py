@@ -23,7 +23,6 @@ from fedfm.runtime.job import build_job
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote import fedfm_pb2_grpc as pb_grpc
 from fedfm.runtime.remote.coordinator import EVENTS_FILE
-from fedfm.runtime.remote.security import add_client, make_tls
 from fedfm.runtime.remote.server import remote_backend
 from fedfm.runtime.run import execute, prepare_run_dir
 
@@ -52,14 +51,6 @@ def _overrides(tmp_path: Path, port: int, *extra: str) -> list[str]:
         f"output_dir={tmp_path / 'runs'}",
         *extra,
     ]
-
-
-@pytest.fixture
-def tls(tmp_path):
-    make_tls(tmp_path / "tls")
-    for cid in [*CLIENTS, "mallory"]:
-        add_client(tmp_path / "tls", cid, tmp_path / f"{cid}.json")
-    return tmp_path / "tls"
 
 
 def _client(tmp_path: Path, port: int, cid: str, *extra: str) -> subprocess.Popen:

@@ -28,6 +28,7 @@ from fedfm.client.fit import Upload
 from fedfm.config import RunConfig, to_toml
 from fedfm.data.federation import ClientData
 from fedfm.models.params import Params
+from fedfm.runtime.fedbuff import Arrival, FedBuffServer
 from fedfm.runtime.job import Job
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote.codec import (
@@ -48,6 +49,7 @@ from fedfm.runtime.simulation import (
     RoundPlan,
     RoundState,
     Transport,
+    Work,
     decode_upload,
 )
 from fedfm.strategies.aggregate import mismatches
@@ -56,6 +58,8 @@ from fedfm.strategies.base import Update
 EVENTS_FILE = "events.jsonl"
 MAX_EVENTS_BYTES = 64 << 20  # events.jsonl past this keeps only the round's own events
 ROUND_EVENTS = frozenset({"serving", "round", "waiting", "closed", "stopped", "suppressed"})
+GIVEN_UP = "no update within {seconds:g} s of its task (late, dead or never joined)"
+RESTARTED = "in flight when the server stopped (its task went with that server process)"
 THREADS = 64  # handler threads; calls beyond them are refused (RESOURCE_EXHAUSTED), not queued
 HEADER_WAITS = THREADS // 2  # update streams that have not yet shown an authentic header
 
@@ -99,6 +103,8 @@ class Coordinator(Transport):
     template: Params = field(default_factory=dict)  # the pipeline's wire form of such an update
     extras_like: Params = field(default_factory=dict)  # the strategy's extras (SCAFFOLD's dc)
     finished: bool = False
+    _blob: tuple[int, bytes] | None = None  # FedBuff: the current version's task bytes
+    _clock: tuple[float, float] | None = None  # FedBuff: the clock's value at a monotonic time
     run_id: str = ""  # one server run (kept on resume): names the clients' state folders
     lock: threading.Condition = field(default_factory=threading.Condition)
     participants: list[str] = field(default_factory=list)  # last round's, by client id
@@ -191,6 +197,9 @@ class Coordinator(Transport):
                 not self.cfg.remote.mutual_tls or peer == cid
             )
             finished, open_round = self.finished, self.open_round
+            if known and finished and cid in self.tasks:  # it has heard: see drain
+                del self.tasks[cid]
+                self.lock.notify_all()
             task = self.tasks.get(cid) if known and not finished else None
             if task is not None and self.members.get(cid) in self.arrived:
                 task = None  # its update is in: nothing more to do this round
@@ -220,9 +229,22 @@ class Coordinator(Transport):
             )
         if not self._session_ok(cid, header.meta.get("session", "")):
             raise CodecError(f"unknown session for client {cid!r}")
+        if self.finished:  # a FedBuff client still training at the end: it has heard
+            if cid in self.tasks:
+                del self.tasks[cid]
+                self.lock.notify_all()
+            raise CodecError("the run is done: this update came too late to be used")
         if header.kind != "update":
             raise CodecError(f"a stream of kind '{printable(header.kind, limit=20)}', not 'update'")
-        if header.round != self.open_round:
+        if self.cfg.asynchronous.enabled:  # each client's own task, not one open round
+            task = self.tasks.get(cid)
+            if task is None:
+                raise CodecError(f"{cid!r} has no task in flight")
+            if header.round != task.round:
+                raise CodecError(
+                    f"update for round {header.round}, but {cid!r}'s task is for round {task.round}"
+                )
+        elif header.round != self.open_round:
             raise CodecError(
                 f"update for round {header.round}, but round {self.open_round} is open"
             )
@@ -299,17 +321,7 @@ class Coordinator(Transport):
         :meth:`_await`), then yield each member's update or why it has none."""
         remote = self.cfg.remote
         members = {remote.clients[c.id]: c.id for c in clients}
-        context = job.broadcast()  # FLoRA's backbone delta, the adaptive clip norm
-        blob = encode_groups(
-            {"global": state.global_params, "payload": plan.payload, "context": context}
-        )
-        if not self.like:  # names and shapes stay the same from round to round
-            self.like = {k: torch.zeros_like(v) for k, v in state.global_params.items()}
-            self.template = wire_template(job, self.like)
-            extras, _ = job.strategy.client_finish(
-                self.like, self.like, plan.payload, {}, steps=1, lr=self.cfg.client.lr
-            )
-            self.extras_like = {k: torch.zeros_like(v) for k, v in extras.items()}
+        blob = self._task_blob(job, state, plan.payload)
         with self.lock:
             self.open_round, self.arrived, self.members = plan.round, {}, members
             self.rejected = {}
@@ -327,8 +339,105 @@ class Coordinator(Transport):
                 reason = f"{reason}; its update was rejected: {rejected[client.id]}"
             yield None, reason
 
+    def _task_blob(self, job: Job, state: RoundState, payload: Params) -> bytes:
+        """A task's bytes: the global params, the strategy's payload and the server's
+        broadcast (FLoRA's backbone delta, the adaptive clip norm). The first call also
+        learns what an update must look like."""
+        context = job.broadcast()
+        blob = encode_groups(
+            {"global": state.global_params, "payload": payload, "context": context}
+        )
+        if not self.like:  # names and shapes stay the same from round to round
+            self.like = {k: torch.zeros_like(v) for k, v in state.global_params.items()}
+            self.template = wire_template(job, self.like)
+            extras, _ = job.strategy.client_finish(
+                self.like, self.like, payload, {}, steps=1, lr=self.cfg.client.lr
+            )
+            self.extras_like = {k: torch.zeros_like(v) for k, v in extras.items()}
+        return blob
+
     def record(self) -> dict[str, Any]:
+        if self.cfg.asynchronous.enabled:  # who arrived with an update since the last step
+            participants, self.participants = sorted(self.participants), []
+            return {"participants": participants}
         return {"participants": self.participants}
+
+    # ------------------------------------------------------------------ FedBuff
+
+    asynchronous = True
+
+    def now(self, server: FedBuffServer[Fitted]) -> float:
+        """The server's clock: wall seconds since the run's first dispatch (a resumed run
+        continues from the checkpoint's clock)."""
+        if self._clock is None:
+            self._clock = (server.clock, time.monotonic())
+        base, since = self._clock
+        return base + time.monotonic() - since
+
+    def launch(
+        self,
+        job: Job,
+        state: RoundState,
+        server: FedBuffServer[Fitted],
+        client: ClientData,
+        work: Work,
+        payload: Params,
+        round_: int,
+    ) -> None:
+        """Publish ``client``'s task (the current global params, toward step ``round_``);
+        the server gives up on it ``remote.deadline × (1 + remote.patience)`` s later."""
+        remote = self.cfg.remote
+        if self._blob is None or self._blob[0] != server.version:  # one per version
+            self._blob = (server.version, self._task_blob(job, state, payload))
+        name, blob = remote.clients[client.id], self._blob[1]
+        give_up = remote.deadline * (1 + remote.patience)
+        self.now(server)  # the clock starts with the first dispatch
+        with self.lock:
+            server.dispatch(
+                client=client.id,
+                duration=self.now(server) - server.clock + give_up,
+                payload=(None, GIVEN_UP.format(seconds=give_up)),
+            )
+            self.members[name] = client.id
+            self.rejected.pop(client.id, None)
+            self.tasks[name] = _Task(round_, blob)
+        self.log("dispatched", client=name, round=round_, version=server.version)
+
+    def arrival(self, job: Job, server: FedBuffServer[Fitted]) -> Arrival[Fitted]:
+        """The next update the network delivers, or the first client in flight past the
+        time to give up on it (with the reason its last update was rejected, if one was)."""
+        with self.lock:
+            while True:
+                now = self.now(server)
+                if self.arrived:  # in the order they came
+                    cid = next(iter(self.arrived))
+                    fitted: Fitted = (self.arrived.pop(cid), None)
+                    self.participants.append(self.cfg.remote.clients[cid])
+                    break
+                first = server.in_flight[0]
+                if now >= first.finish:
+                    cid, reason = first.client, first.payload[1]
+                    if cid in self.rejected:
+                        reason = f"{reason}; its update was rejected: {self.rejected[cid]}"
+                    fitted = (None, reason)
+                    break
+                self.lock.wait(timeout=min(first.finish - now, 1.0))
+            name = self.cfg.remote.clients[cid]
+            self.tasks.pop(name, None)  # a late update is refused from now on
+            self.members.pop(name, None)
+            self.rejected.pop(cid, None)
+            arrival = server.arrive(cid, now, fitted)
+        if fitted[0] is None:
+            self.log("given_up", client=name, reason=fitted[1])
+        return arrival
+
+    def adopt(self, job: Job, server: FedBuffServer[Fitted]) -> list[Arrival[Fitted]]:
+        """A resumed run's clients in flight: their tasks went with the old server process,
+        so each is taken off as lost (and replaced at this step)."""
+        with self.lock:
+            lost = [f.client for f in server.in_flight if f.client not in self.members.values()]
+        now = self.now(server)
+        return [server.arrive(cid, now, (None, RESTARTED)) for cid in lost]
 
     def _await(self, round_: int, cohort: int) -> dict[int, ClientOutcome]:
         """The updates of the open round, once every member has answered, or at a deadline
@@ -359,6 +468,19 @@ class Coordinator(Transport):
     def finish(self) -> None:
         with self.lock:
             self.finished = True
+
+    def drain(self, seconds: float) -> None:
+        """After :meth:`finish`: wait up to ``seconds`` until every client still holding a
+        task (FedBuff's clients in flight at the end) has come back and been told the run is
+        done, so none is left retrying a server that has gone."""
+        limit = time.monotonic() + seconds
+        with self.lock:
+            while self.tasks and (left := limit - time.monotonic()) > 0:
+                self.lock.wait(timeout=min(left, 1.0))
+            if self.tasks:
+                self.lock.release()
+                self.log("undrained", clients=sorted(self.tasks))
+                self.lock.acquire()
 
 
 def wire_template(job: Job, like: Params) -> Params:
