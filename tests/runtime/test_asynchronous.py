@@ -186,6 +186,9 @@ def test_a_run_records_staleness_and_the_clock(tmp_path):
     clock = [r["sim_clock"] for r in records]
     assert all(b > a for a, b in zip(clock, clock[1:], strict=False))
     assert all(len(r["staleness"]) == 2 and len(r["cohort"]) == 2 for r in records)
+    for previous, r in zip([0.0, *clock], records, strict=False):  # each update's own time
+        assert len(r["arrived_at"]) == 2 and max(r["arrived_at"]) == r["sim_clock"]
+        assert all(previous <= t <= r["sim_clock"] for t in r["arrived_at"])
     assert summary["asynchronous_updates"] == 8 and summary["sim_clock"] == clock[-1]
     assert all("test_accuracy" in r for r in records)
 

@@ -1,6 +1,6 @@
 """Asynchronous rounds (``[asynchronous]``, FedBuff): what the config may combine them with,
 the server's buffer and clock between steps (saved in checkpoints), and each step's
-``staleness`` and ``sim_clock`` entries. The driver is :mod:`fedfm.runtime.asynchronous`.
+``staleness``, ``arrived_at`` and ``sim_clock`` entries. The driver is :mod:`fedfm.runtime.asynchronous`.
 """
 
 from __future__ import annotations
@@ -175,6 +175,7 @@ class Asynchronous(Feature):
         staleness = list(intake.staleness)
         return {
             "staleness": staleness,
+            "arrived_at": [float(t) for t in intake.arrived_at],
             "staleness_max": max(staleness, default=0),
             "sim_clock": float(intake.sim_clock),
         }

@@ -68,10 +68,12 @@ class AsyncIntake(RoundIntake):
 
     Attributes:
         staleness: τ of each applied update, in the order applied (dispatch order).
+        arrived_at: the clock's time at which each applied update arrived (same order).
         sim_clock: the simulated time of the step (cumulative since the start).
     """
 
     staleness: list[int] = field(default_factory=list)
+    arrived_at: list[float] = field(default_factory=list)
     sim_clock: float = 0.0
 
 
@@ -83,8 +85,8 @@ def run_async_round(
     transport: Transport | None = None,
 ) -> dict[str, Any]:
     """Run server step ``state.round + 1`` of an asynchronous run in place on ``state``;
-    return its record (a synchronous round's, plus ``staleness``, ``staleness_max`` and
-    ``sim_clock``)."""
+    return its record (a synchronous round's, plus ``staleness``, ``arrived_at``,
+    ``staleness_max`` and ``sim_clock``)."""
     transport = transport or in_process.InProcess()
     if not transport.asynchronous:
         raise FedFMError(
@@ -108,6 +110,7 @@ def run_async_round(
     held = server.flush()
     intake.updates = [weighted(a, feature) for a in held]
     intake.staleness = [a.staleness for a in held]
+    intake.arrived_at = [a.time for a in held]
     intake.sim_time, intake.sim_clock = server.clock - since, server.clock
     plan = RoundPlan(
         round=server.version,
