@@ -123,4 +123,5 @@ def test_report_overlays_runs(tmp_path, capsys):
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path)]) == 0
     table = (tmp_path / "comparison.md").read_text()
     assert "fedadam" in table and "fedavg" in table
+    assert "![learning curves](comparison.png)" in capsys.readouterr().out  # printed whole
     assert (tmp_path / "comparison.png").stat().st_size > 0

@@ -62,8 +62,9 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> None:
 
     out = Path(args.out) if args.out else Path(args.runs[0]).parent
     png, md = compare_runs([Path(r) for r in args.runs], out)
-    console.print(md.read_text())
-    console.print(f"wrote {png} and {md}")
+    # as plain text: rich would read "![learning curves](…)" as markup and drop it
+    console.print(md.read_text(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {png} and {md}", soft_wrap=True)
 
 
 def _cmd_data_stats(args: argparse.Namespace, console: Console) -> None:

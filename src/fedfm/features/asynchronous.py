@@ -1,6 +1,7 @@
 """Asynchronous rounds (``[asynchronous]``, FedBuff): what the config may combine them with,
 the server's buffer and clock between steps (saved in checkpoints), and each step's
-``staleness``, ``arrived_at`` and ``sim_clock`` entries. The driver is :mod:`fedfm.runtime.asynchronous`.
+``staleness``, ``arrived_at`` and ``sim_clock`` entries. The driver is
+:mod:`fedfm.runtime.asynchronous`.
 """
 
 from __future__ import annotations

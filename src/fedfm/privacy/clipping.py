@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from fedfm.errors import ConfigError
 from fedfm.models.params import Params
 
 
@@ -53,8 +54,8 @@ def split_noise_multiplier(noise_multiplier: float, count_stddev: float) -> floa
     one Gaussian mechanism with multiplier ``z``.
     """
     rest = noise_multiplier**-2 - (2 * count_stddev) ** -2
-    if rest <= 0:
-        raise ValueError(
+    if rest <= 0:  # a config error: the CLI names it, and no run folder is left behind
+        raise ConfigError(
             f"privacy.noise_multiplier = {noise_multiplier:.4g} is too large for the unclipped "
             f"count's noise {count_stddev:.4g}: it needs noise_multiplier < 2 * count_noise "
             f"= {2 * count_stddev:.4g}; raise privacy.count_noise"

@@ -372,6 +372,8 @@ def execute(
     console.print(f"[bold]fedfm[/] run [cyan]{cfg.run_name}[/] → {run_dir}", soft_wrap=True)
     job, state, log = _begin(cfg, run_dir, ckpt, console)
     cohort = job.strategy.cohort_size(len(job.federation))
+    if cfg.asynchronous.enabled:  # a step waits for K updates, not for a cohort
+        cohort = job.feature("asynchronous").buffer
     with opener(job, run_dir, console) as transport, _bars(console) as progress:
         rounds_bar = progress.add_task("rounds", total=job.rounds, completed=state.round)
         clients_bar = progress.add_task("clients", total=cohort)
