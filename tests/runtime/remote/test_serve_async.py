@@ -4,6 +4,7 @@ order the network delivers them and the server's wall clock (small digits + MLP 
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import torch
@@ -23,7 +24,8 @@ from test_serve_join import (
 
 from fedfm.config import load_config
 from fedfm.runtime.fedbuff import FedBuffServer
-from fedfm.runtime.remote.coordinator import GIVEN_UP, RESTARTED
+from fedfm.runtime.remote import fedfm_pb2 as pb
+from fedfm.runtime.remote.coordinator import GIVEN_UP, RESTARTED, _Task
 from fedfm.runtime.run import execute, prepare_run_dir
 from fedfm.runtime.simulation import RoundState, plan_work
 
@@ -68,6 +70,26 @@ def test_the_coordinator_takes_each_client_s_own_task_and_gives_up_on_a_silent_o
     server.dispatch(client=2, duration=10.0, payload=(None, GIVEN_UP.format(seconds=0.6)))
     [lost] = coord.adopt(job, server)
     assert lost.flight.client == 2 and lost.flight.payload == (None, RESTARTED)
+
+
+def test_the_end_of_a_run_waits_for_the_clients_still_out_with_a_task(tmp_path):
+    coord = _coordinator(tmp_path, "remote.deadline=0.5")  # synchronous round 2: a and b
+    coord.tasks = {name: _Task(2, b"") for name in ("a", "b")}
+    for name in ("a", "b"):  # both take their task; neither has sent an update yet
+        request = pb.TaskRequest(client_id=name, session=coord.sessions[name])
+        assert next(iter(coord.task(request))).header.kind == "task"
+    assert set(coord.out) == {"a", "b"}
+    coord.finish()
+    late = threading.Timer(0.2, lambda: replies.append(_update(coord, "a")))
+    replies: list = []
+    started = time.monotonic()
+    late.start()
+    coord.drain()  # a comes back after 0.2 s; b, who never finished a task, gets 0.5 s
+    took = time.monotonic() - started
+    assert 0.45 < took < 2.0 and coord.took["a"] >= 0.2
+    assert not replies[0].ok and "the run is done" in replies[0].reason
+    events = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["clients"] for e in events if e["event"] == "undrained"] == [["b"]]
 
 
 def test_remote_fedbuff_with_the_whole_cohort_in_its_buffer_is_fedavg(tmp_path, tls):

@@ -60,6 +60,7 @@ MAX_EVENTS_BYTES = 64 << 20  # events.jsonl past this keeps only the round's own
 ROUND_EVENTS = frozenset({"serving", "round", "waiting", "closed", "stopped", "suppressed"})
 GIVEN_UP = "no update within {seconds:g} s of its task (late, dead or never joined)"
 RESTARTED = "in flight when the server stopped (its task went with that server process)"
+DRAIN_SECONDS = 60.0  # the most the end of a run waits for a client that never sent an update
 THREADS = 64  # handler threads; calls beyond them are refused (RESOURCE_EXHAUSTED), not queued
 HEADER_WAITS = THREADS // 2  # update streams that have not yet shown an authentic header
 
@@ -103,6 +104,8 @@ class Coordinator(Transport):
     template: Params = field(default_factory=dict)  # the pipeline's wire form of such an update
     extras_like: Params = field(default_factory=dict)  # the strategy's extras (SCAFFOLD's dc)
     finished: bool = False
+    out: dict[str, float] = field(default_factory=dict)  # client -> when it took its task
+    took: dict[str, float] = field(default_factory=dict)  # client -> its longest task (s)
     _blob: tuple[int, bytes] | None = None  # FedBuff: the current version's task bytes
     _clock: tuple[float, float] | None = None  # FedBuff: the clock's value at a monotonic time
     run_id: str = ""  # one server run (kept on resume): names the clients' state folders
@@ -197,12 +200,13 @@ class Coordinator(Transport):
                 not self.cfg.remote.mutual_tls or peer == cid
             )
             finished, open_round = self.finished, self.open_round
-            if known and finished and cid in self.tasks:  # it has heard: see drain
-                del self.tasks[cid]
-                self.lock.notify_all()
             task = self.tasks.get(cid) if known and not finished else None
             if task is not None and self.members.get(cid) in self.arrived:
                 task = None  # its update is in: nothing more to do this round
+            if known:
+                self._back(cid)
+                if task is not None:  # it goes out with a task (see drain)
+                    self.out[cid] = time.monotonic()
         if not known:
             yield from chunks("refused", b"", round_=0, meta={"reason": "unknown session"})
             return
@@ -229,10 +233,8 @@ class Coordinator(Transport):
             )
         if not self._session_ok(cid, header.meta.get("session", "")):
             raise CodecError(f"unknown session for client {cid!r}")
-        if self.finished:  # a FedBuff client still training at the end: it has heard
-            if cid in self.tasks:
-                del self.tasks[cid]
-                self.lock.notify_all()
+        self._back(cid)  # whatever comes of its update, it is back (see drain)
+        if self.finished:  # still training when the run ended: it hears so now
             raise CodecError("the run is done: this update came too late to be used")
         if header.kind != "update":
             raise CodecError(f"a stream of kind '{printable(header.kind, limit=20)}', not 'update'")
@@ -469,18 +471,34 @@ class Coordinator(Transport):
         with self.lock:
             self.finished = True
 
-    def drain(self, seconds: float) -> None:
-        """After :meth:`finish`: wait up to ``seconds`` until every client still holding a
-        task (FedBuff's clients in flight at the end) has come back and been told the run is
-        done, so none is left retrying a server that has gone."""
-        limit = time.monotonic() + seconds
+    def _back(self, cid: str) -> None:
+        """A client out with a task has come back (polled or sent): how long it took is kept
+        (under the lock)."""
+        if cid in self.out:
+            took = time.monotonic() - self.out.pop(cid)
+            self.took[cid] = max(self.took.get(cid, 0.0), took)
+            self.lock.notify_all()
+
+    def drain(self) -> None:
+        """After :meth:`finish`: wait for the clients still out with a task (a task of a
+        round that closed without them, or FedBuff's clients in flight) to come back and be
+        told the run is done, so none is left retrying a server that has gone. Each is
+        waited for up to twice its longest task so far plus a second after it took its task,
+        or ``min(remote.deadline, DRAIN_SECONDS)`` if it never finished one."""
+        unknown = min(self.cfg.remote.deadline, DRAIN_SECONDS)
         with self.lock:
-            while self.tasks and (left := limit - time.monotonic()) > 0:
+            while self.out:
+                limit = max(
+                    since + (2 * self.took[c] + 1.0 if c in self.took else unknown)
+                    for c, since in self.out.items()
+                )
+                left = limit - time.monotonic()
+                if left <= 0:
+                    break
                 self.lock.wait(timeout=min(left, 1.0))
-            if self.tasks:
-                self.lock.release()
-                self.log("undrained", clients=sorted(self.tasks))
-                self.lock.acquire()
+            out = sorted(self.out)
+        if out:
+            self.log("undrained", clients=out)
 
 
 def wire_template(job: Job, like: Params) -> Params:

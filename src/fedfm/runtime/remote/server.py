@@ -82,7 +82,7 @@ def remote_backend(job: Job, run_dir: Path, console: Console) -> Iterator[Transp
         yield coord
     finally:
         coord.finish()
-        coord.drain(job.cfg.remote.deadline)  # FedBuff's clients still training at the end
+        coord.drain()  # the clients still training at the end hear that it is done
         time.sleep(min(2.0, job.cfg.remote.deadline))  # let polling clients hear "done"
         stopped = server.stop(grace=1.0).wait(timeout=STOP_SECONDS)
         coord.watchdog.close()
