@@ -777,8 +777,8 @@ class AsynchronousConfig:
         False,
         "asynchronous rounds (FedBuff): clients train from the global version they last "
         "received and the server steps each time `asynchronous.buffer` updates have arrived; "
-        'a round is one such server step. `backend = "simulation"` (simulated clock) or '
-        '`"remote"` (`fedfm serve`, wall clock). See [docs/async.md](docs/async.md)',
+        'a round is one such server step. `backend = "simulation"` or `"ray"` (simulated clock) '
+        'or `"remote"` (`fedfm serve`, wall clock). See [docs/async.md](docs/async.md)',
     )
     buffer: int = knob(
         0,

@@ -76,6 +76,62 @@ def test_ray_gives_the_in_process_metrics_and_params(tmp_path, local_ray, kind):
     assert all(torch.equal(ray[2][k], local[2][k]) for k in local[2])
 
 
+def test_fedbuff_on_ray_gives_the_in_process_steps_and_params(tmp_path, local_ray):
+    # stale updates (half the clients 4x slower), and error feedback's residual kept per client
+    fedbuff = [
+        "asynchronous.enabled=true",
+        "asynchronous.concurrency=6",
+        "asynchronous.buffer=3",
+        "system.speeds=[1.0, 0.25]",
+        "compression.method=quantize",
+        "compression.bits=4",
+        "compression.error_feedback=true",
+        "rounds=4",
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count: float sums then match bit for bit
+    try:
+        local = _run(tmp_path, "local", *fedbuff)
+        ray = _run(tmp_path, "ray", *fedbuff, "backend=ray", "ray.workers=2")
+    finally:
+        torch.set_num_threads(threads)
+    assert any(r["staleness_max"] > 0 for r in local[1])
+    assert ray[1] == local[1]  # every step's staleness, clock, metrics and bytes
+    assert all(torch.equal(ray[2][k], local[2][k]) for k in local[2])
+
+    # a worker killed with several dealt clients on it: replaced once, every client dealt again
+    import ray as ray_
+
+    from fedfm.runtime.transports.ray import WorkerPool
+
+    killed, pools = [], []
+
+    class Dying(WorkerPool):
+        def arrival(self, job, server):
+            if server.version == 1 and not killed:
+                killed.append(self.actors[0]._actor_id)
+                ray_.kill(self.actors[0])
+            return super().arrival(job, server)
+
+    @contextlib.contextmanager
+    def dying(job, run_dir, console):
+        pool = Dying(job, console)
+        pools.append(pool)
+        try:
+            yield pool
+        finally:
+            pool.close()
+
+    torch.set_num_threads(1)
+    try:
+        again = _run(tmp_path, "dying", *fedbuff, "backend=ray", "ray.workers=2", backend=dying)
+    finally:
+        torch.set_num_threads(threads)
+    assert killed and killed[0] not in [a._actor_id for a in pools[0].actors]  # replaced
+    assert again[1] == local[1]  # nobody excluded, the same steps
+    assert all(torch.equal(again[2][k], local[2][k]) for k in local[2])
+
+
 def test_dead_workers_are_replaced_and_their_clients_dealt_again(tmp_path, local_ray):
     import ray as ray_
 

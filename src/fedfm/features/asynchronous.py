@@ -55,12 +55,6 @@ _REFUSED = (
         "simulation.parallel_clients = 0",
     ),
     (
-        "backend",
-        lambda v: v == "ray",
-        "asynchronous Ray actors are not built yet (in process and remote clients are)",
-        "backend = 'simulation' or 'remote'",
-    ),
-    (
         "strategy.personal",
         bool,
         "personalised runs are not supported asynchronously yet",

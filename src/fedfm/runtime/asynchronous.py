@@ -18,14 +18,16 @@ A round of an asynchronous run is one server step: the server applies the buffer
    update chain reduces them in dispatch order and the strategy aggregates, exactly as
    :func:`~fedfm.runtime.simulation.finish_round` does for a synchronous round.
 
-Two transports carry it. In process (``backend = "simulation"``) a client trains at once when
-dispatched and arrives on the simulated clock of the ``[system]`` speeds (a client of speed
-s needs ``steps / s`` time units after its dispatch). With ``fedfm serve`` (``backend =
-"remote"``) the dispatch publishes the client's task, the clock is the server's wall clock
-in seconds, and clients arrive in the order the network delivers their updates; a client
-still out ``remote.deadline × (1 + remote.patience)`` seconds after its dispatch is given
-up on (recorded in ``excluded``) and replaced; so is one in flight when a resumed run's
-server stopped.
+Three transports carry it. In process (``backend = "simulation"``) a client trains at once
+when dispatched and arrives on the simulated clock of the ``[system]`` speeds (a client of
+speed s needs ``steps / s`` time units after its dispatch). On Ray (``backend = "ray"``) the
+clock is the same, but a dispatched client is dealt to a worker and its result fetched when
+it arrives (or when the step ends), so the clients dispatched together train in parallel.
+With ``fedfm serve`` (``backend = "remote"``) the dispatch publishes the client's task,
+the clock is the server's wall clock in seconds, and clients arrive in the order the network
+delivers their updates; a client still out ``remote.deadline × (1 + remote.patience)``
+seconds after its dispatch is given up on (recorded in ``excluded``) and replaced; so is one
+in flight when a resumed run's server stopped.
 
 With τ = 0 for every update (K = concurrency = the cohort size) this is FedAvg's round, bit
 for bit. The server's state (clock, version, clients in flight with their updates) lives in
@@ -91,8 +93,8 @@ def run_async_round(
     if not transport.asynchronous:
         raise FedFMError(
             f"asynchronous.enabled = true cannot run on the {type(transport).__name__} "
-            'transport (asynchronous Ray is not built yet): set backend = "simulation" or '
-            '"remote", or asynchronous.enabled = false'
+            'transport (it implements no launch/arrival): set backend = "simulation", "ray" '
+            'or "remote", or asynchronous.enabled = false'
         )
     feature = job.feature("asynchronous")
     server: FedBuffServer[Fitted] = feature.server
@@ -107,6 +109,7 @@ def run_async_round(
     sender = Dispatcher(job, state, feature, transport)
     sender.send(feature.concurrency if server.tickets == 0 else feature.pending)
     intake, arrived = _take_in(job, state, feature, sender, lost, on_client)
+    transport.settle(job, server)  # (Ray) every result of this version into its flight
     held = server.flush()
     intake.updates = [weighted(a, feature) for a in held]
     intake.staleness = [a.staleness for a in held]

@@ -370,6 +370,10 @@ class Transport:
         called only while a client is in flight."""
         raise NotImplementedError
 
+    def settle(self, job: Job, server: FedBuffServer[Fitted]) -> None:
+        """Before a server step ends: bring into ``server``'s flights any result still held
+        elsewhere (Ray's workers), so a checkpoint can save them; by default nothing."""
+
     def adopt(self, job: Job, server: FedBuffServer[Fitted]) -> list[Arrival[Fitted]]:
         """The flights of a restored ``server`` (a resumed run) this transport cannot carry
         on, taken off it with the reason; by default none."""

@@ -28,6 +28,7 @@ import os
 import socket
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,10 @@ from rich.console import Console
 from fedfm.client.fit import Upload, fit
 from fedfm.client.state import ClientState
 from fedfm.config import RunConfig
+from fedfm.data.federation import ClientData
 from fedfm.errors import ConfigError, FedFMError
 from fedfm.models.params import Params
+from fedfm.runtime.fedbuff import Arrival, FedBuffServer
 from fedfm.runtime.job import Job, build_job
 from fedfm.runtime.simulation import (
     ClientOutcome,
@@ -143,6 +146,7 @@ def _connect(cfg: RunConfig, console: Console) -> bool:
 
 
 ATTEMPTS = 2  # a client whose worker dies is dealt again once, then counted as failed
+_PENDING = "on its Ray worker"  # a dealt FedBuff client's result not fetched yet
 
 
 class WorkerPool(Transport):
@@ -159,6 +163,10 @@ class WorkerPool(Transport):
 
         rc = job.cfg.ray
         self.job, self.console = job, console
+        self._step: tuple[int, int, list[Any]] | None = None  # FedBuff: version, round, refs
+        self._pending: dict[int, tuple[Any, Any, int, Work]] = {}  # ticket: future, actor, ...
+        self._kept: dict[int, tuple[int, ClientState]] = {}  # ticket: client, its states
+        self._successors: dict[int, Any] = {}  # id of a dead worker: the one that replaced it
         self.threads = rc.threads or max(1, int(rc.cpus_per_worker))
         self.actor_class: Any = ray.remote(Worker).options(num_cpus=rc.cpus_per_worker)
         count = rc.workers or max(
@@ -239,6 +247,76 @@ class WorkerPool(Transport):
                     actor = self._replace(actor, shared, plan.round, err)
                 hand_out(actor)
             yield done.pop(i)
+
+    # ------------------------------------------------------------------ FedBuff
+
+    asynchronous = True
+
+    def launch(
+        self,
+        job: Job,
+        state: RoundState,
+        server: FedBuffServer[Fitted],
+        client: ClientData,
+        work: Work,
+        payload: Params,
+        round_: int,
+    ) -> None:
+        """Deal ``client`` to a worker now (the step's params are sent to every worker once
+        per version); it arrives ``steps / speed`` later on the simulated clock, its result
+        fetched from the worker when it is needed (:meth:`arrival`, :meth:`settle`)."""
+        import ray
+
+        if self._step is None or self._step[0] != server.version:
+            shared = [ray.put(x) for x in (state.global_params, payload, job.broadcast())]
+            for actor in self.actors:  # a worker runs its calls in order: fits see these
+                actor.begin.remote(round_, *shared)
+            self._step = (server.version, round_, shared)
+        ticket = server.tickets
+        actor = self.actors[ticket % len(self.actors)]
+        kept = state.client(client.id)
+        self._pending[ticket] = (actor.fit.remote(client.id, work, kept), actor, 1, work)
+        self._kept[ticket] = (client.id, kept)
+        server.dispatch(
+            client=client.id, duration=work.full_steps / work.speed, payload=(None, _PENDING)
+        )
+
+    def arrival(self, job: Job, server: FedBuffServer[Fitted]) -> Arrival[Fitted]:
+        """The earliest finish on the simulated clock, its result fetched from its worker."""
+        arrival = server.pop()
+        flight = arrival.flight
+        if flight.ticket not in self._pending:  # restored from a checkpoint: already here
+            return arrival
+        fitted = self._result(job, flight.ticket)
+        return Arrival(replace(flight, payload=fitted), arrival.time, arrival.staleness)
+
+    def settle(self, job: Job, server: FedBuffServer[Fitted]) -> None:
+        """Fetch every result still on a worker into its flight (a checkpoint saves them)."""
+        flights = [
+            replace(f, payload=self._result(job, f.ticket)) if f.ticket in self._pending else f
+            for f in server.in_flight
+        ]
+        server.in_flight = sorted(flights)  # a sorted list is a heap
+
+    def _result(self, job: Job, ticket: int) -> Fitted:
+        """A dealt client's result; a worker that died is replaced and the client dealt
+        again once, with the same version's params."""
+        import ray
+
+        future, actor, attempt, work = self._pending.pop(ticket)
+        cid, kept = self._kept.pop(ticket)
+        assert self._step is not None
+        while True:
+            try:
+                return self._arrived(job, ray.get(future), work)
+            except ray.exceptions.RayActorError as err:
+                _, round_, shared = self._step
+                fresh = self._successors.get(id(actor))  # another client found it dead first
+                if fresh is None:
+                    fresh = self._successors[id(actor)] = self._replace(actor, shared, round_, err)
+                if attempt >= ATTEMPTS:
+                    return None, f"its Ray worker died {ATTEMPTS} times"
+                future, actor, attempt = fresh.fit.remote(cid, work, kept), fresh, attempt + 1
 
     @staticmethod
     def _arrived(job: Job, result: tuple[Upload, ClientState] | str, work: Work) -> Fitted:
