@@ -148,3 +148,34 @@ def test_remote_fedbuff_steps_on_each_arrival_while_one_client_never_comes(tmp_p
     # at the end, the clients still training were told the run is done: only c2 never was
     undrained = [e for e in events if e["event"] == "undrained"]
     assert all(e["clients"] == ["c2"] for e in undrained), undrained
+
+
+def test_a_killed_fedbuff_server_resumes_and_replaces_the_clients_it_had_in_flight(tmp_path, tls):
+    port = _port()
+    extra = (
+        "asynchronous.enabled=true",
+        "asynchronous.buffer=1",
+        "asynchronous.concurrency=3",
+        "rounds=4",
+        "checkpoint.every=1",
+        "name=fedbuff-cut",
+    )
+    cfg = load_config(None, _overrides(tmp_path, port, *extra))
+    run_dir = prepare_run_dir(cfg, overwrite=False)
+    for kwargs in ({"stop_after": 2}, {"resume": True}):  # killed after step 2, then resumed
+        thread, out = _serve(cfg, run_dir, **kwargs)
+        procs = [_client(tmp_path, port, cid) for cid in CLIENTS]  # new client processes
+        thread.join(timeout=240)
+        assert not thread.is_alive() and "error" not in out, out
+        for p in procs:  # the first server's clients may outlive it: stopped, not judged
+            if kwargs.get("resume"):
+                assert p.wait(timeout=60) == 0
+            else:
+                p.kill()
+                p.wait()
+    assert out["summary"]["rounds_completed"] == 4
+    records = _records(run_dir)
+    assert [r["round"] for r in records] == [1, 2, 3, 4]
+    lost = [e for r in records[2:3] for e in r["excluded"] if e["reason"] == RESTARTED]
+    assert len(lost) == 2  # step 2 left two of the three in flight; each replaced at once
+    assert all(len(r["staleness"]) == 1 for r in records)
