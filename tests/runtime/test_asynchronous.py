@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from fedfm.config import load_config
 from fedfm.errors import ConfigError, FedFMError
 from fedfm.features.asynchronous import SCHEDULES as FEATURE_SCHEDULES
+from fedfm.privacy.accountant import epsilon
 from fedfm.report.compare import CLOCK_PLOT, compare_runs
 from fedfm.report.metrics import read_records
 from fedfm.runtime import asynchronous
@@ -260,7 +261,8 @@ def test_clients_left_out_by_their_rank_are_never_dispatched(tmp_path):
 @pytest.mark.parametrize(
     ("setting", "named"),
     [
-        ("privacy.noise=central", "privacy.noise"),
+        ("privacy.noise=distributed", "privacy.noise"),
+        ("privacy.adaptive_clip=true", "privacy.adaptive_clip"),
         ("dpsgd.enabled=true", "dpsgd.enabled"),
         ("secagg.enabled=true", "secagg.enabled"),
         ("system.deadline=10", "system.deadline"),
@@ -276,6 +278,24 @@ def test_what_async_cannot_serve_is_refused_in_the_config(setting, named):
     with pytest.raises(ConfigError) as err:
         load_config(None, [*FAST, *ASYNC, setting])
     assert named in str(err.value)
+
+
+def test_client_dp_under_fedbuff_is_accounted_without_amplification_by_sampling(tmp_path):
+    dp = ["privacy.noise=central", "privacy.noise_multiplier=1.0", "privacy.clip=0.5"]
+    summary, records = _run(tmp_path, "dp", "rounds=4", *ASYNC, *dp)
+    # every step a Gaussian mechanism at sample rate 1: a client is in at most one update
+    # of a step, and whether it arrives is not sampled uniformly, so no amplification is taken
+    for r in records:
+        assert r["epsilon"] == pytest.approx(epsilon(1.0, 1.0, r["round"], 1e-5))
+        assert r["dp_noise_std"] == pytest.approx(1.0 * 0.5 / 2)  # z * C over K = 2
+        assert r["update_norm_max"] <= 0.5 + 1e-6  # clipped, then weighted by s(τ) <= 1
+    assert summary["sample_rate"] == 1.0 and summary["epsilon"] == records[-1]["epsilon"]
+    assert any(r["staleness_max"] > 0 for r in records)
+    lines = (tmp_path / "dp" / "privacy_ledger.jsonl").read_text().splitlines()
+    assert [json.loads(x)["sample_rate"] for x in lines] == [1.0] * 4
+    # the price, as docs/async.md quotes it: 10 steps at z = 1 against 10 rounds at rate 0.1
+    assert epsilon(1.0, 1.0, 10, 1e-5) == pytest.approx(19.05, abs=0.01)
+    assert epsilon(1.0, 0.1, 10, 1e-5) == pytest.approx(3.44, abs=0.01)
 
 
 @pytest.mark.parametrize("strategy", ["scaffold", "flora", "local", "centralized"])

@@ -25,10 +25,16 @@ SCHEDULES = ("constant", "polynomial", "hinge")  # fedfm.runtime.fedbuff.SCHEDUL
 _REFUSED = (
     (
         "privacy.noise",
-        lambda v: v != "none",
-        "client-level DP's accountant assumes a fixed-size or Poisson cohort per round, and "
-        "FedBuff's arrivals are neither (their sampling is not accounted yet)",
-        "privacy.noise = 'none'",
+        lambda v: v == "distributed",
+        "each client's share of distributed noise assumes a whole cohort reports together, "
+        "and a FedBuff step takes whoever arrives",
+        "privacy.noise = 'central' (or 'none')",
+    ),
+    (
+        "privacy.adaptive_clip",
+        bool,
+        "the adaptive clip norm's noised count is not accounted for FedBuff's steps yet",
+        "privacy.adaptive_clip = false",
     ),
     (
         "dpsgd.enabled",
@@ -130,9 +136,7 @@ class Asynchronous(Feature):
 
         _check_strategy(job)
         cohort = job.strategy.cohort_size(len(job.federation))
-        cfg = self.cfg.asynchronous
-        self.concurrency = cfg.concurrency or cohort
-        self.buffer = cfg.buffer or min(cohort, self.concurrency)
+        self.concurrency, self.buffer = resolved(self.cfg, cohort)
         self.eligible = [c.id for c in job.federation.clients if not plan_work(job, c).left_out]
         if self.concurrency > len(self.eligible):
             raise ConfigError(
@@ -211,6 +215,19 @@ class Asynchronous(Feature):
             )
         self.server = load_server(self.buffer, saved["server"], tensors)
         self.pending = int(saved["pending"])
+
+
+def resolved(cfg: RunConfig, cohort: int) -> tuple[int, int]:
+    """``(concurrency, buffer K)`` with their 0s resolved: the cohort size, and K at most the
+    concurrency.
+
+    Example:
+        >>> from fedfm.config import load_config
+        >>> resolved(load_config(None, ["asynchronous.concurrency=8"]), cohort=5)
+        (8, 5)
+    """
+    concurrency = cfg.asynchronous.concurrency or cohort
+    return concurrency, cfg.asynchronous.buffer or min(cohort, concurrency)
 
 
 def _check_strategy(job: Job) -> None:

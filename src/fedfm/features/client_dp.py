@@ -58,9 +58,20 @@ class ClientLevelDP(Feature):
         from fedfm.privacy.client_dp import ClientDP
 
         cfg, clients = self.cfg, len(job.federation)
-        cohort = job.strategy.cohort_size(clients)
+        cohort, sample_rate = job.strategy.cohort_size(clients), None
+        if cfg.asynchronous.enabled:  # a step's noised mean is over FedBuff's buffer of K
+            from fedfm.features.asynchronous import resolved
+
+            cohort = resolved(cfg, cohort)[1]
+            sample_rate = 1.0  # no amplification by sampling: see docs/async.md
         try:
-            self.dp = ClientDP(cfg.privacy, cohort=cohort, num_clients=clients, rounds=cfg.rounds)
+            self.dp = ClientDP(
+                cfg.privacy,
+                cohort=cohort,
+                num_clients=clients,
+                rounds=cfg.rounds,
+                sample_rate=sample_rate,
+            )
         except ValueError as err:  # settings that only fail for this cohort (adaptive clip)
             raise ConfigError(str(err)) from None
 

@@ -12,6 +12,8 @@ import logging
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from fedfm.errors import ConfigError
 
 # RDP orders: Opacus' defaults (up to 63) plus larger ones, which low-noise settings need
@@ -44,7 +46,8 @@ def epsilon(
         return math.inf
     accountant = _accountant(kind)
     accountant.history = [(noise_multiplier, sample_rate, steps)]
-    return float(accountant.get_epsilon(delta, **_extra(kind)))
+    with np.errstate(divide="ignore"):  # PRV at sample rate 1 takes log(1 - q) = -inf
+        return float(accountant.get_epsilon(delta, **_extra(kind)))
 
 
 def noise_for_epsilon(

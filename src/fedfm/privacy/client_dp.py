@@ -31,13 +31,23 @@ UNCLIPPED = "unclipped"
 class ClientDP:
     """The server's side of client-level DP: the budget, the clip norm, the noised mean."""
 
-    def __init__(self, cfg: PrivacyConfig, *, cohort: int, num_clients: int, rounds: int) -> None:
+    def __init__(
+        self,
+        cfg: PrivacyConfig,
+        *,
+        cohort: int,
+        num_clients: int,
+        rounds: int,
+        sample_rate: float | None = None,
+    ) -> None:
+        """``cohort``: the fixed denominator of the noised mean (a round's cohort, FedBuff's
+        buffer K); ``sample_rate``: the accountant's (default ``cohort / num_clients``)."""
         self.cfg = cfg
         self.cohort = cohort
         self.budget: Budget = plan_budget(
             noise_multiplier=cfg.noise_multiplier,
             target_epsilon=cfg.target_epsilon,
-            sample_rate=cohort / num_clients,
+            sample_rate=cohort / num_clients if sample_rate is None else sample_rate,
             rounds=rounds,
             delta=cfg.delta,
             kind=cfg.accountant,
