@@ -13,6 +13,7 @@ from fedfm.config import load_config
 from fedfm.errors import ConfigError, FedFMError
 from fedfm.features.asynchronous import SCHEDULES as FEATURE_SCHEDULES
 from fedfm.privacy.accountant import epsilon
+from fedfm.privacy.dpsgd import client_epsilon
 from fedfm.report.compare import CLOCK_PLOT, compare_runs
 from fedfm.report.metrics import read_records
 from fedfm.runtime import asynchronous
@@ -263,7 +264,6 @@ def test_clients_left_out_by_their_rank_are_never_dispatched(tmp_path):
     [
         ("privacy.noise=distributed", "privacy.noise"),
         ("privacy.adaptive_clip=true", "privacy.adaptive_clip"),
-        ("dpsgd.enabled=true", "dpsgd.enabled"),
         ("secagg.enabled=true", "secagg.enabled"),
         ("system.deadline=10", "system.deadline"),
         ("simulation.parallel_clients=2", "simulation.parallel_clients"),
@@ -296,6 +296,42 @@ def test_client_dp_under_fedbuff_is_accounted_without_amplification_by_sampling(
     # the price, as docs/async.md quotes it: 10 steps at z = 1 against 10 rounds at rate 0.1
     assert epsilon(1.0, 1.0, 10, 1e-5) == pytest.approx(19.05, abs=0.01)
     assert epsilon(1.0, 0.1, 10, 1e-5) == pytest.approx(3.44, abs=0.01)
+
+
+def test_dp_sgd_under_fedbuff_counts_the_steps_of_updates_that_arrived(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, *ASYNC, "dpsgd.enabled=true", "dpsgd.noise_multiplier=0.8")
+    job = build_job(cfg)
+    per_visit: dict[int, int] = {}
+    trained: list[int] = []
+    real_fit = in_process.fit_client
+
+    def fit(job, client, *args, **kwargs):
+        outcome = real_fit(job, client, *args, **kwargs)
+        per_visit[client.id] = int(outcome.update.metrics["steps"])
+        trained.append(client.id)
+        return outcome
+
+    monkeypatch.setattr(in_process, "fit_client", fit)
+    state = RoundState(round=0, global_params=job.initial_params)
+    arrived: dict[int, int] = {}
+    for _ in range(4):
+        record = asynchronous.run_async_round(job, state)
+        for cid in record["cohort"]:
+            arrived[cid] = arrived.get(cid, 0) + 1
+        # a release costs privacy: the steps of clients still in flight are not counted yet
+        spent = {cid: n * per_visit[cid] for cid, n in arrived.items()}
+        assert job.feature("dpsgd").steps == spent
+        worst = max(
+            client_epsilon(
+                cfg.dpsgd,
+                batch_size=cfg.client.batch_size,
+                examples=job.federation[cid].num_examples,
+                steps=n,
+            )
+            for cid, n in spent.items()
+        )
+        assert record["dpsgd_epsilon_max"] == pytest.approx(worst)
+    assert len(trained) > sum(arrived.values())  # updates trained, still in flight, not spent
 
 
 @pytest.mark.parametrize("strategy", ["scaffold", "flora", "local", "centralized"])

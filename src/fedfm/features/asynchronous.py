@@ -37,12 +37,6 @@ _REFUSED = (
         "privacy.adaptive_clip = false",
     ),
     (
-        "dpsgd.enabled",
-        bool,
-        "DP-SGD under asynchronous rounds is not accounted or tested yet",
-        "dpsgd.enabled = false",
-    ),
-    (
         "secagg.enabled",
         bool,
         "secure aggregation needs a synchronous cohort that masks and unmasks together",
