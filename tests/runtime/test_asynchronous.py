@@ -124,15 +124,26 @@ def test_the_first_draw_is_the_synchronous_cohort():
 # ---------------------------------------------------------------- runs
 
 
-def test_without_staleness_fedbuff_is_fedavg_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("extra", [[], ['strategy.personal=["head"]']], ids=["", "personal"])
+def test_without_staleness_fedbuff_is_fedavg_bit_for_bit(tmp_path, extra):
     """K = concurrency = the cohort: every update is 0 steps stale, whatever the speeds, and
-    every step's clients are the synchronous round's cohort."""
-    sync, sync_records = _run(tmp_path, "sync", "rounds=3")
+    every step's clients are the synchronous round's cohort (with a personal head too: each
+    client's own copy kept when its update arrives)."""
+    sync, sync_records = _run(tmp_path, "sync", "rounds=3", *extra)
     fedbuff, async_records = _run(
-        tmp_path, "fedbuff", "rounds=3", "asynchronous.enabled=true", "asynchronous.staleness=hinge"
+        tmp_path,
+        "fedbuff",
+        "rounds=3",
+        "asynchronous.enabled=true",
+        "asynchronous.staleness=hinge",
+        *extra,
     )
-    a, b = _params(tmp_path, "sync"), _params(tmp_path, "fedbuff")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    files = sorted((tmp_path / "sync").glob("clients/*.safetensors")) or [None]  # personal
+    for file in files:  # each client's own params, or the one global model
+        name = "adapter.safetensors" if file is None else f"clients/{file.name}"
+        a = load_file(tmp_path / "sync" / name)
+        b = load_file(tmp_path / "fedbuff" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
     assert fedbuff["final"] == sync["final"]
     for s, r in zip(sync_records, async_records, strict=True):
         assert sorted(r["cohort"]) == s["cohort"]
@@ -228,6 +239,19 @@ def test_lora_and_the_update_chain_run_asynchronously(tmp_path, extra):
         assert a_names and all(not torch.equal(params[k], initial[k]) for k in a_names)
 
 
+def test_a_personal_head_stays_with_each_client_through_stale_steps(tmp_path):
+    summary, records = _run(tmp_path, "personal", "rounds=4", *ASYNC, 'strategy.personal=["head"]')
+    assert summary["rounds_completed"] == 4 and any(r["staleness_max"] > 0 for r in records)
+    arrived = {c for r in records for c in r["cohort"]}
+    saved = {int(p.stem) for p in (tmp_path / "personal" / "clients").glob("*.safetensors")}
+    assert arrived <= saved
+    initial = build_job(_cfg(tmp_path, *ASYNC)).initial_params["classifier.weight"]
+    heads = [load_file(tmp_path / "personal" / "clients" / f"{c}.safetensors") for c in arrived]
+    assert all(not torch.equal(h["classifier.weight"], initial) for h in heads)  # each trained
+    weights = [h["classifier.weight"] for h in heads]
+    assert all(not torch.equal(a, b) for i, a in enumerate(weights) for b in weights[i + 1 :])
+
+
 def test_a_failing_client_is_recorded_when_it_would_arrive_and_replaced(tmp_path, monkeypatch):
     job = build_job(_cfg(tmp_path, *ASYNC))
     real_fit = in_process.fit_client
@@ -267,7 +291,6 @@ def test_clients_left_out_by_their_rank_are_never_dispatched(tmp_path):
         ("secagg.enabled=true", "secagg.enabled"),
         ("system.deadline=10", "system.deadline"),
         ("simulation.parallel_clients=2", "simulation.parallel_clients"),
-        ('strategy.personal=["out"]', "strategy.personal"),
         ("distill.enabled=true", "distill.enabled"),
         ("asynchronous.staleness=linear", "asynchronous.staleness"),
         ("asynchronous.buffer=5", "asynchronous.buffer = 5 > asynchronous.concurrency = 4"),

@@ -55,12 +55,6 @@ _REFUSED = (
         "simulation.parallel_clients = 0",
     ),
     (
-        "strategy.personal",
-        bool,
-        "personalised runs are not supported asynchronously yet",
-        "strategy.personal = []",
-    ),
-    (
         "split.enabled",
         bool,
         "a split client trains through the server's half of the model, which a stale client "
@@ -234,7 +228,7 @@ def _check_strategy(job: Job) -> None:
         why.append("is a no-federation reference (nothing travels)")
     if strategy.pooled:
         why.append("trains one pooled client")
-    if strategy.personalized:
+    if type(strategy).personalized:  # a model per client (strategy.personal keeps tensors)
         why.append("keeps a model per client")
     if why:
         raise ConfigError(
