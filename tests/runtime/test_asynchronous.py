@@ -16,6 +16,7 @@ from fedfm.privacy.accountant import epsilon
 from fedfm.privacy.dpsgd import client_epsilon
 from fedfm.report.compare import CLOCK_PLOT, compare_runs
 from fedfm.report.metrics import read_records
+from fedfm.report.plots import SIMULATED_AXIS, clock_axis
 from fedfm.runtime import asynchronous
 from fedfm.runtime.checkpoint import load_checkpoint
 from fedfm.runtime.fedbuff import SCHEDULES, FedBuffServer, draw_clients, staleness_weight
@@ -412,8 +413,9 @@ def test_a_synchronous_run_keeps_its_clock_across_a_resume(tmp_path, full_and_re
 
 
 def test_the_comparison_plots_accuracy_against_the_simulated_clock(tmp_path):
-    _run(tmp_path, "sync", "rounds=2")
-    _run(tmp_path, "fedbuff", "rounds=2", *ASYNC)
+    _, sync = _run(tmp_path, "sync", "rounds=2")
+    _, fedbuff = _run(tmp_path, "fedbuff", "rounds=2", *ASYNC)
+    assert clock_axis({"sync": sync, "fedbuff": fedbuff}) == SIMULATED_AXIS
     _, md = compare_runs([tmp_path / "sync", tmp_path / "fedbuff"], tmp_path / "report")
     assert (tmp_path / "report" / CLOCK_PLOT).stat().st_size > 1000
     assert CLOCK_PLOT in md.read_text()

@@ -102,12 +102,34 @@ def plot_comparison(
     return _save(_figure(runs, title=title, mb_note=""), path)
 
 
+SIMULATED_AXIS = "simulated time (local steps at speed 1.0)"
+WALL_AXIS = "server wall-clock seconds (fedfm serve)"
+
+
+def clock_axis(runs: Mapping[str, Sequence[Record]]) -> str:
+    """What ``sim_clock`` measures in these runs: the simulated time of the ``[system]``
+    speeds, or (an asynchronous ``fedfm serve`` run, whose records name their
+    ``participants``) the server's wall-clock seconds; both when the runs mix them.
+
+    Example:
+        >>> clock_axis({"a": [{"sim_clock": 1.0, "participants": ["c0"]}]})
+        'server wall-clock seconds (fedfm serve)'
+    """
+    remote = [any("participants" in r for r in records) for records in runs.values()]
+    if all(remote):
+        return WALL_AXIS
+    if any(remote):
+        return f"{SIMULATED_AXIS}; remote runs: wall-clock seconds"
+    return SIMULATED_AXIS
+
+
 def plot_against_clock(
     runs: Mapping[str, Sequence[Record]], path: str | os.PathLike[str], *, title: str = ""
 ) -> Path:
-    """Plot several runs' main test metric against the simulated clock (``sim_clock``: the
-    ``[system]`` speeds' time units, cumulative), one line per run: asynchronous (FedBuff)
-    and synchronous runs, with or without a deadline, on one time axis.
+    """Plot several runs' main test metric against their clock (``sim_clock``: the
+    ``[system]`` speeds' time units, cumulative, or a remote FedBuff run's wall-clock seconds:
+    :func:`clock_axis`), one line per run: asynchronous (FedBuff) and synchronous runs, with
+    or without a deadline, on one time axis.
 
     Args:
         runs: Run name → that run's round records (those without ``sim_clock`` are skipped).
@@ -128,8 +150,11 @@ def plot_against_clock(
         if metric:
             _line(ax, records, "sim_clock", metric, label=name, color=f"C{i % 10}")
     label = _LABELS[metric] if metric else "test metric"
-    ax.set_title(f"{label} by simulated time", fontsize=10)
-    ax.set_xlabel("simulated time (local steps at speed 1.0)")
+    axis = clock_axis(runs)
+    ax.set_title(
+        f"{label} by {'wall-clock' if axis.startswith('server') else 'simulated'} time", fontsize=10
+    )
+    ax.set_xlabel(axis)
     ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)
     _finish_panel(ax, log_y=metric == "test_perplexity")

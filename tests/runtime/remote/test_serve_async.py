@@ -23,6 +23,7 @@ from test_serve_join import (
 )
 
 from fedfm.config import load_config
+from fedfm.report.plots import WALL_AXIS, clock_axis
 from fedfm.runtime.fedbuff import FedBuffServer
 from fedfm.runtime.remote import fedfm_pb2 as pb
 from fedfm.runtime.remote.coordinator import GIVEN_UP, RESTARTED, _Task
@@ -109,6 +110,7 @@ def test_remote_fedbuff_with_the_whole_cohort_in_its_buffer_is_fedavg(tmp_path, 
     assert [r["participants"] for r in records] == [CLIENTS] * 3
     clock = [r["sim_clock"] for r in records]
     assert clock == sorted(clock) and clock[0] > 0  # wall seconds since the first dispatch
+    assert clock_axis({"remote": records}) == WALL_AXIS  # what `fedfm report` plots it as
     assert not [e for e in _events(run_dir) if e["event"] in ("error", "undrained")]
 
     sim_cfg = load_config(None, _overrides(tmp_path, port, "name=synchronous", *COMPRESSED))
