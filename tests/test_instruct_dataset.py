@@ -207,3 +207,18 @@ def test_the_doc_quotes_what_the_counts_command_prints(capsys: pytest.CaptureFix
     printed = capsys.readouterr().out
     doc = (Path(__file__).parents[1] / "docs" / "instruct.md").read_text(encoding="utf-8")
     assert printed.strip() and printed in doc
+    assert "python -m fedfm.datasets.instruct_counts" in doc
+
+
+def test_the_counts_command_runs_without_python_warning_of_a_second_copy() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "fedfm.datasets.instruct_counts"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("task") and "RuntimeWarning" not in done.stderr

@@ -58,7 +58,7 @@ Example:
     >>> ds.task, ds.label_names[0], ds.train.inputs[0][-1]["role"]
     ('instruction', 'question_type', 'assistant')
 
-``python -m fedfm.datasets.instruct`` prints the counts per task and split.
+``python -m fedfm.datasets.instruct_counts`` prints the counts per task and split.
 """
 
 from __future__ import annotations
@@ -296,8 +296,5 @@ def main() -> None:
         print(f"{'all':<14} {split_name:<5} {total:>8}")
 
 
-if __name__ == "__main__":
-    main()
-else:  # not under `python -m`, whose second copy of this file the package has registered
-    register(BuiltinDataset("instruct", load, LABEL_NAMES))
-    register(BuiltinDataset("instruct-pref", load_preferences, LABEL_NAMES))
+register(BuiltinDataset("instruct", load, LABEL_NAMES))
+register(BuiltinDataset("instruct-pref", load_preferences, LABEL_NAMES))
