@@ -45,8 +45,7 @@ import torch
 
 from fedfm.client.state import ClientState
 from fedfm.errors import FedFMError
-from fedfm.models.lora import lora_bytes_at_rank
-from fedfm.models.params import Params, payload_bytes
+from fedfm.models.params import Params
 from fedfm.runtime.fedbuff import Arrival, FedBuffServer, InFlight, draw_clients, staleness_weight
 from fedfm.runtime.job import Job
 from fedfm.runtime.simulation import (
@@ -56,6 +55,7 @@ from fedfm.runtime.simulation import (
     RoundPlan,
     RoundState,
     Transport,
+    download_bytes,
     finish_round,
     plan_work,
     receive,
@@ -191,7 +191,7 @@ class Dispatcher:
     feature: Any
     transport: Transport
     bytes_down: int = 0
-    _by_rank: dict[int, int] = field(default_factory=dict)  # a rank's clients get equal bytes
+    _by_rank: dict[int, int] = field(default_factory=dict)  # download_bytes' sizes
 
     def send(self, n: int) -> int:
         """Dispatch up to ``n`` idle clients; return how many went."""
@@ -205,11 +205,9 @@ class Dispatcher:
             client = job.federation[cid]
             work = plan_work(job, client)
             self.transport.launch(job, self.state, server, client, work, payload, round_)
-            if work.rank not in self._by_rank:
-                sent = {k: v for k, v in self.state.global_params.items() if k not in job.personal}
-                own = lora_bytes_at_rank(sent, work.rank) if work.rank else sent
-                self._by_rank[work.rank] = payload_bytes({**own, **payload})
-            self.bytes_down += self._by_rank[work.rank] + job.strategy.extra_down_bytes(cid, round_)
+            params = self.state.global_params
+            self.bytes_down += download_bytes(job, params, payload, work.rank, self._by_rank)
+            self.bytes_down += job.strategy.extra_down_bytes(cid, round_)
         return len(chosen)
 
 

@@ -281,20 +281,30 @@ def plan_round(job: Job, state: RoundState) -> RoundPlan:
         [job.federation.pooled()] if strategy.pooled else [job.federation[cid] for cid in cohort]
     )
     work = {c.id: plan_work(job, c) for c in clients}
-    kept = job.personal | job.server_side  # never sent: personal, split's server part
-    sent = {k: v for k, v in state.global_params.items() if k not in kept}
     bytes_down = 0
-    by_rank: dict[int, int] = {}  # the members of one rank are sent the same tensors
+    by_rank: dict[int, int] = {}
     if strategy.communicates:
         for cid in cohort:
             if not work[cid].receives:
                 continue
-            rank = work[cid].rank
-            if rank not in by_rank:
-                own = lora_bytes_at_rank(sent, rank) if rank else sent
-                by_rank[rank] = payload_bytes({**own, **payload})
-            bytes_down += by_rank[rank] + strategy.extra_down_bytes(cid, round_)
+            bytes_down += download_bytes(job, state.global_params, payload, work[cid].rank, by_rank)
+            bytes_down += strategy.extra_down_bytes(cid, round_)
     return RoundPlan(round_, cohort, clients, payload, work, bytes_down, started)
+
+
+def download_bytes(
+    job: Job, global_params: Params, payload: Params, rank: int, by_rank: dict[int, int]
+) -> int:
+    """The bytes a client of LoRA ``rank`` (0: all) is sent: the global params less what
+    never leaves the server (personal tensors, split's server part), its rank's components,
+    and the strategy's payload. The members of one rank are sent the same tensors, so the
+    size is kept in ``by_rank``."""
+    if rank not in by_rank:
+        kept = job.personal | job.server_side
+        sent = {k: v for k, v in global_params.items() if k not in kept}
+        own = lora_bytes_at_rank(sent, rank) if rank else sent
+        by_rank[rank] = payload_bytes({**own, **payload})
+    return by_rank[rank]
 
 
 def receive(

@@ -393,8 +393,7 @@ class Coordinator(Transport):
             self._blob = (server.version, self._task_blob(job, state, payload))
         name, blob = remote.clients[client.id], self._blob[1]
         give_up = remote.deadline * (1 + remote.patience)
-        self.now(server)  # the clock starts with the first dispatch
-        with self.lock:
+        with self.lock:  # (the clock starts with the first dispatch)
             server.dispatch(
                 client=client.id,
                 duration=self.now(server) - server.clock + give_up,

@@ -164,8 +164,8 @@ class WorkerPool(Transport):
         rc = job.cfg.ray
         self.job, self.console = job, console
         self._step: tuple[int, int, list[Any]] | None = None  # FedBuff: version, round, refs
-        self._pending: dict[int, tuple[Any, Any, int, Work]] = {}  # ticket: future, actor, ...
-        self._kept: dict[int, tuple[int, ClientState]] = {}  # ticket: client, its states
+        # ticket: (future, actor, attempt, work, client, its states) of a result not fetched
+        self._pending: dict[int, tuple[Any, Any, int, Work, int, ClientState]] = {}
         self._successors: dict[int, Any] = {}  # id of a dead worker: the one that replaced it
         self.threads = rc.threads or max(1, int(rc.cpus_per_worker))
         self.actor_class: Any = ray.remote(Worker).options(num_cpus=rc.cpus_per_worker)
@@ -275,8 +275,8 @@ class WorkerPool(Transport):
         ticket = server.tickets
         actor = self.actors[ticket % len(self.actors)]
         kept = state.client(client.id)
-        self._pending[ticket] = (actor.fit.remote(client.id, work, kept), actor, 1, work)
-        self._kept[ticket] = (client.id, kept)
+        future = actor.fit.remote(client.id, work, kept)
+        self._pending[ticket] = (future, actor, 1, work, client.id, kept)
         server.dispatch(
             client=client.id, duration=work.full_steps / work.speed, payload=(None, _PENDING)
         )
@@ -303,8 +303,7 @@ class WorkerPool(Transport):
         again once, with the same version's params."""
         import ray
 
-        future, actor, attempt, work = self._pending.pop(ticket)
-        cid, kept = self._kept.pop(ticket)
+        future, actor, attempt, work, cid, kept = self._pending.pop(ticket)
         assert self._step is not None
         while True:
             try:
