@@ -58,3 +58,29 @@ def test_non_finite_names_every_culprit_and_handles_mixed_dtypes():
     assert non_finite(params) == ["b", "d"]
     assert non_finite({k: params[k] for k in ("a", "c")}) == []
     assert non_finite({}) == []
+
+
+def test_weighted_average_stacked_and_streamed_paths_agree(monkeypatch):
+    """Small tensors are stacked and weighted by one product, a tensor above GRAM_BLOCK is
+    accumulated update by update: both give the float64 mean, cast back."""
+    import fedfm.strategies.aggregate as aggregate
+
+    gen = torch.Generator().manual_seed(0)
+    params = [
+        {"w": torch.randn(3, 5, generator=gen), "b": torch.randn(5, generator=gen)}
+        for _ in range(7)
+    ]
+    weights = [3, 1, 4, 1, 5, 9, 2]
+    stacked = weighted_average(params, weights)
+    monkeypatch.setattr(aggregate, "GRAM_BLOCK", 1)  # every tensor takes the streamed path
+    streamed = weighted_average(params, weights)
+    exact = {
+        k: (
+            sum(p[k].double() * w for p, w in zip(params, weights, strict=True)) / sum(weights)
+        ).float()
+        for k in ("w", "b")
+    }
+    for k in ("w", "b"):
+        assert stacked[k].shape == params[0][k].shape and stacked[k].dtype == torch.float32
+        torch.testing.assert_close(stacked[k], streamed[k], rtol=0, atol=1e-7)
+        torch.testing.assert_close(stacked[k], exact[k], rtol=0, atol=1e-7)

@@ -86,12 +86,15 @@ def test_local_client_start_and_personal_params_prefer_the_client_state():
     assert s.personal_params(g, {}) is g
 
 
-def test_local_client_finish_keeps_new_params_as_state_and_uploads_nothing():
+def test_local_client_finish_keeps_a_copy_of_new_params_as_state_and_uploads_nothing():
+    """The trained params may be the model's live tensors, which the next client
+    overwrites: the state keeps copies."""
     s = LocalOnly(StrategyConfig())
     g, new = {"w": torch.zeros(2)}, {"w": torch.full((2,), 3.0)}
     extras, state = s.client_finish(g, new, {}, {}, steps=1, lr=0.1)
     assert extras == {}
-    assert state is new
+    new["w"].fill_(-1.0)  # the next client's set_params
+    assert torch.equal(state["w"], torch.full((2,), 3.0))
 
 
 def test_default_strategy_hooks_use_global_params():

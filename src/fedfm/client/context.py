@@ -57,6 +57,8 @@ class ClientContext:
         split: split fine-tuning (``split.enabled``): each local step is the client's
             forward to layer ``k``, the server's step and the client's backward; the
             server-side tensors' delta is not counted as sent; ``None``: off.
+        live: ``model``'s trainable tensors by name (:attr:`Job.live`, walked once per
+            job); ``None``: each client's round walks the model for them.
     """
 
     model: torch.nn.Module
@@ -75,6 +77,7 @@ class ClientContext:
     prefix: PrefixCache | None = None
     emulator: Emulator | None = None
     split: SplitModel | None = None
+    live: dict[str, torch.nn.Parameter] | None = None
 
     def local_task(self, indices: np.ndarray) -> Task:
         """The task a client trains on: the job's, or with ``balanced`` its loss balanced for

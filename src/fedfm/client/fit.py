@@ -25,7 +25,7 @@ from fedfm.data.batching import Batch, batches
 from fedfm.data.federation import ClientData
 from fedfm.models.layers import frozen_below
 from fedfm.models.lora import lora_bytes_at_rank, truncate_rank
-from fedfm.models.params import Params, payload_bytes, set_params
+from fedfm.models.params import Params, payload_bytes, set_params, trainable_parameters
 from fedfm.strategies.aggregate import subtract
 from fedfm.strategies.base import LocalHooks
 from fedfm.tasks import Task
@@ -151,7 +151,8 @@ def fit(
     plan = prepare(
         ctx, client, global_params, payload, state, round_, rank=rank, steps=steps, layers=layers
     )
-    set_params(ctx.model, plan.start)
+    live = ctx.live if ctx.live is not None else trainable_parameters(ctx.model)
+    set_params(ctx.model, plan.start, live)
     # dropout; the CPU generator alone: torch.manual_seed costs ~200x more per call
     torch.default_generator.manual_seed(plan.dropout_seed)
     # split.enabled: each local step is the client's forward, the server's step, its backward
@@ -172,6 +173,7 @@ def fit(
             plan.hooks,
             ctx.dpsgd,
             split=split,
+            live=live,
         )
     return conclude(ctx, client, global_params, payload, state, round_, plan, result, rank=rank)
 
@@ -195,7 +197,7 @@ def conclude(
         global_params, result.params, payload, state.strategy, steps=result.steps, lr=ctx.client.lr
     )
     delta = subtract(result.params, start)
-    personal = {k: result.params[k] for k in ctx.personal}
+    personal = {k: result.params[k].clone() for k in ctx.personal}  # outlives the model's
     shared = {k: v for k, v in delta.items() if k not in ctx.personal and k not in frozen}
     if rank:  # only the client's own components travel
         shared = lora_bytes_at_rank(shared, rank)

@@ -15,7 +15,7 @@ import torch
 from fedfm.client.split import SplitStep
 from fedfm.config import ClientConfig, DPSGDConfig
 from fedfm.data.batching import Batch
-from fedfm.models.params import Params, copy_params, trainable_parameters
+from fedfm.models.params import Params, trainable_parameters
 from fedfm.privacy.dpsgd import private_training
 from fedfm.strategies.base import LocalHooks
 from fedfm.tasks import Task
@@ -31,10 +31,21 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 
 @dataclass(frozen=True)
 class LocalResult:
+    """What local training leaves: ``params``, the trained tensors by name. On CPU these are
+    the model's own tensors, detached, not copies: they hold the trained values only until
+    the model is next set (the next client), so whatever outlives the client's round is
+    copied by its keeper (a strategy's client state, personal tensors)."""
+
     params: Params
     steps: int
     train_loss: float
     metrics: dict[str, float] = field(default_factory=dict)  # split: the bytes its steps sent
+
+
+def trained(live: dict[str, torch.nn.Parameter]) -> Params:
+    """The trained tensors of :class:`LocalResult`: ``live`` detached, on CPU without a copy
+    (the delta is computed from them at once); from an accelerator, copied to CPU."""
+    return {name: p.detach() if p.is_cpu else p.detach().cpu() for name, p in live.items()}
 
 
 def _epochs_or_steps(
@@ -63,6 +74,7 @@ def train_locally(
     hooks: LocalHooks,
     dpsgd: DPSGDConfig | None = None,
     split: SplitStep | None = None,
+    live: dict[str, torch.nn.Parameter] | None = None,
 ) -> LocalResult:
     """Train ``model``'s trainable tensors in place on one client's data.
 
@@ -75,10 +87,12 @@ def train_locally(
         dpsgd: train with DP-SGD (per-example clipping and noise, through Opacus).
         split: split fine-tuning (``[split]``): each step is the client's forward, the
             server's step and the client's backward (:mod:`fedfm.client.split`).
+        live: ``model``'s :func:`trainable_parameters`, when the caller holds them.
     """
     if split is not None and dpsgd is not None and dpsgd.enabled:
         raise ValueError("split fine-tuning does not run under DP-SGD (the config refuses it)")
-    live = trainable_parameters(model)
+    if live is None:
+        live = trainable_parameters(model)
     optimizer = OPTIMIZERS[cfg.optimizer](list(live.values()), cfg)
     with _left_alone(live, hooks.frozen):
         if dpsgd is not None and dpsgd.enabled:
@@ -154,7 +168,7 @@ def _loop(
         steps += 1
     model.eval()
     return LocalResult(
-        params=copy_params(live),  # the tensors trained (one walk of the model fewer)
+        params=trained(live),
         steps=steps,
         train_loss=loss_sum / max(steps, 1),
         metrics=split.metrics() if split is not None else {},

@@ -72,9 +72,13 @@ def is_head(name: str) -> bool:
 
 
 @torch.no_grad()
-def set_params(model: torch.nn.Module, params: Params) -> None:
-    """Copy ``params`` into the model's trainable tensors in place (names/shapes checked)."""
-    live = trainable_parameters(model)
+def set_params(
+    model: torch.nn.Module, params: Params, live: dict[str, torch.nn.Parameter] | None = None
+) -> None:
+    """Copy ``params`` into the model's trainable tensors in place (names/shapes checked);
+    ``live``: those tensors (:func:`trainable_parameters`), when the caller holds them."""
+    if live is None:
+        live = trainable_parameters(model)
     if len(params) != len(live) or not all(
         (q := params.get(k)) is not None and q.shape == p.shape and q.dtype == p.dtype
         for k, p in live.items()

@@ -26,7 +26,14 @@ from fedfm.features import Feature, start_features
 from fedfm.models.adapters import apply_adapter
 from fedfm.models.init_adapter import init_params
 from fedfm.models.lora import rank_of
-from fedfm.models.params import Params, backbone_hash, full_model_bytes, get_params, set_params
+from fedfm.models.params import (
+    Params,
+    backbone_hash,
+    full_model_bytes,
+    get_params,
+    set_params,
+    trainable_parameters,
+)
 from fedfm.models.source import check_model_name
 from fedfm.privacy.client_dp import ClientDP
 from fedfm.resources.models import load_model
@@ -63,6 +70,12 @@ class Job:
     def feature(self, name: str) -> Any:
         """The active feature called ``name`` (see :mod:`fedfm.features`), or ``None``."""
         return next((f for f in self.features if f.name == name), None)
+
+    @cached_property
+    def live(self) -> dict[str, torch.nn.Parameter]:
+        """The model's trainable tensors (:func:`trainable_parameters`), walked once: which
+        tensors train is settled when the job is built (every client's round reads this)."""
+        return trainable_parameters(self.model)
 
     @cached_property
     def full_model_bytes(self) -> int:
@@ -143,6 +156,7 @@ class Job:
             dpsgd=cfg.dpsgd,
             personal=self.personal,
             indices=lambda client: client.train,
+            live=self.live,
             # a personalised run trains with the plain loss: each client's own model, or
             # its own tensors, serves that client's own labels, prior included
             balanced=cfg.client.loss == "balanced" and not self.strategy.personalized,

@@ -19,6 +19,7 @@ client by client; neither counts bytes, since nothing travels.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -93,9 +94,9 @@ def decode_upload(job: Job, upload: Upload, *, layers: int = 0) -> Update:
         IndexError, RuntimeError: a wire form that does not decode (e.g. a top-k position
             out of range); the caller records it as that client's failure.
     """
-    like = job.initial_params
+    like, personal = job.initial_params, job.personal
     frozen = frozen_below(list(like), layers)
-    shared = {k: v for k, v in like.items() if k not in job.personal and k not in frozen}
+    shared = {k: v for k, v in like.items() if k not in personal and k not in frozen}
     sent = lora_bytes_at_rank(shared, upload.rank) if upload.rank else shared
     delta = job.pipeline.server(upload.wire, sent) if job.pipeline else upload.wire
     if upload.rank:
@@ -457,13 +458,9 @@ def finish_round(
         "round": round_,
         "cohort": [c.id for c in plan.clients],
         "num_examples": sum(u.num_examples for u in updates),
-        "train_loss": (
-            float(
-                np.average(
-                    [u.metrics["train_loss"] for u in updates],
-                    weights=[u.num_examples for u in updates],
-                )
-            )
+        "train_loss": (  # example-weighted (plain floats: numpy's average costs ~40 µs)
+            sum(u.metrics["train_loss"] * u.num_examples for u in updates)
+            / sum(u.num_examples for u in updates)
             if updates
             else float("nan")
         ),
@@ -480,7 +477,7 @@ def finish_round(
     record.update(each(late, lambda f: f.round_record(job, state, plan, intake)))
     if updates:  # what clipping and norm bounds act on (after the client's pipeline)
         norms, cosine = update_statistics([u.delta for u in updates])
-        record["update_norm_median"] = float(np.median(norms))
+        record["update_norm_median"] = statistics.median(norms)  # numpy's costs ~100 µs
         record["update_norm_max"] = max(norms)
         if cosine is not None:  # client drift: how aligned the cohort's updates are
             record["update_cosine"] = cosine

@@ -10,9 +10,19 @@ import torch
 
 from fedfm.models.params import Params
 
+GRAM_BLOCK = 2**22
+"""Float64 elements (32 MiB) of the largest block :func:`gram` and :func:`weighted_average`
+flatten at once; a single tensor larger than that is a block of its own."""
+
 
 def weighted_average(params: Sequence[Params], weights: Sequence[float]) -> Params:
     """``sum_i w_i p_i / sum_i w_i`` per tensor, computed in float64 then cast back.
+
+    Each tensor's updates are stacked into one ``(k, n)`` float64 block and weighted by one
+    vector-matrix product (a few operations per tensor instead of three per update: the
+    round's aggregation is on the simulator's hot path); a tensor whose block would exceed
+    :data:`GRAM_BLOCK` elements is accumulated one update at a time instead, in the same
+    order (``acc += w_i / W * p_i``), so memory stays at one float64 copy of it.
 
     Example:
         >>> a, b = {"w": torch.tensor([0.0])}, {"w": torch.tensor([3.0])}
@@ -26,11 +36,19 @@ def weighted_average(params: Sequence[Params], weights: Sequence[float]) -> Para
     total = float(sum(weights))
     if total <= 0:
         raise ValueError(f"weights must sum to > 0, got {list(weights)}")
+    k, scaled = len(params), [w / total for w in weights]
+    vector: torch.Tensor | None = None
     out = {}
     for name, ref in params[0].items():
+        if k * ref.numel() <= GRAM_BLOCK:
+            if vector is None:
+                vector = torch.tensor(scaled, dtype=torch.float64, device=ref.device)
+            block = torch.stack([p[name] for p in params]).reshape(k, -1).to(torch.float64)
+            out[name] = (vector @ block).reshape(ref.shape).to(ref.dtype)
+            continue
         acc = torch.zeros_like(ref, dtype=torch.float64)
-        for p, w in zip(params, weights, strict=True):
-            acc += p[name].to(torch.float64) * (w / total)
+        for p, w in zip(params, scaled, strict=True):
+            acc += p[name].to(torch.float64) * w
         out[name] = acc.to(ref.dtype)
     return out
 
@@ -78,11 +96,6 @@ def mismatches(delta: Params, like: Params) -> list[str]:
         elif got.dtype != want.dtype:
             problems.append(f"{k}: dtype {got.dtype} != {want.dtype}")
     return sorted(problems, key=lambda p: (not p.startswith("missing"), p))
-
-
-GRAM_BLOCK = 2**22
-"""Float64 elements (32 MiB) of the largest block :func:`gram` flattens at once; a single
-tensor larger than that is a block of its own."""
 
 
 def gram(deltas: Sequence[Params]) -> torch.Tensor:

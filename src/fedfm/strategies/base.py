@@ -162,7 +162,11 @@ class Strategy(ABC):
         steps: int,
         lr: float,
     ) -> tuple[Params, Params]:
-        """After local training: ``(extras to upload, new client state)``."""
+        """After local training: ``(extras to upload, new client state)``.
+
+        ``new_params`` may be the model's live tensors (:class:`~fedfm.client.trainer.
+        LocalResult`): a state that keeps them must keep copies.
+        """
         return {}, client_state
 
 

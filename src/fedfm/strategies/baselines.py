@@ -46,7 +46,7 @@ class LocalOnly(Strategy):
         steps: int,
         lr: float,
     ) -> tuple[Params, Params]:
-        return {}, new_params
+        return {}, {k: v.clone() for k, v in new_params.items()}  # the live tensors: copied
 
     def aggregate(
         self, round_: int, global_params: Params, mean: Params, updates: list[Update]
