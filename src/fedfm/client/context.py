@@ -59,6 +59,8 @@ class ClientContext:
             server-side tensors' delta is not counted as sent; ``None``: off.
         live: ``model``'s trainable tensors by name (:attr:`Job.live`, walked once per
             job); ``None``: each client's round walks the model for them.
+        optimizer: one optimizer over ``live`` that every client round reuses, its state
+            cleared first (:attr:`Job.optimizer`); ``None``: built per client round.
     """
 
     model: torch.nn.Module
@@ -78,6 +80,7 @@ class ClientContext:
     emulator: Emulator | None = None
     split: SplitModel | None = None
     live: dict[str, torch.nn.Parameter] | None = None
+    optimizer: torch.optim.Optimizer | None = None
 
     def local_task(self, indices: np.ndarray) -> Task:
         """The task a client trains on: the job's, or with ``balanced`` its loss balanced for

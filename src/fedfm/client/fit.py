@@ -174,6 +174,7 @@ def fit(
             ctx.dpsgd,
             split=split,
             live=live,
+            optimizer=ctx.optimizer if ctx.live is not None else None,
         )
     return conclude(ctx, client, global_params, payload, state, round_, plan, result, rank=rank)
 

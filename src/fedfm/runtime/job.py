@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fedfm.client.context import ClientContext
+from fedfm.client.trainer import OPTIMIZERS
 from fedfm.config import RunConfig
 from fedfm.data.batching import Encoded, encode
 from fedfm.data.chat import encode_chat, resolve_template
@@ -76,6 +77,13 @@ class Job:
         """The model's trainable tensors (:func:`trainable_parameters`), walked once: which
         tensors train is settled when the job is built (every client's round reads this)."""
         return trainable_parameters(self.model)
+
+    @cached_property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """One ``client.optimizer`` over :attr:`live`, reused by every client round in this
+        process (its state cleared first: a fresh optimizer's) instead of one built per
+        client round."""
+        return OPTIMIZERS[self.cfg.client.optimizer](list(self.live.values()), self.cfg.client)
 
     @cached_property
     def full_model_bytes(self) -> int:
@@ -157,6 +165,7 @@ class Job:
             personal=self.personal,
             indices=lambda client: client.train,
             live=self.live,
+            optimizer=self.optimizer,
             # a personalised run trains with the plain loss: each client's own model, or
             # its own tensors, serves that client's own labels, prior included
             balanced=cfg.client.loss == "balanced" and not self.strategy.personalized,
