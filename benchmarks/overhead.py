@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import json
 import pstats
 import sys
@@ -321,6 +322,7 @@ ABLATIONS = {
     "fedfm, no non_finite check": ("non_finite",),
     "fedfm, no test scores but accuracy and loss": ("class_scores",),
     "fedfm, all three": ("update_statistics", "non_finite", "class_scores"),
+    "fedfm, torch's optimizer build, zero_grad and clip (as plain)": ("lean_torch",),
 }
 
 
@@ -328,10 +330,15 @@ def _patch(removed: tuple[str, ...]) -> None:
     """Swap fedfm's bookkeeping for stand-ins that skip it (training arithmetic unchanged):
     the time each one adds. ``update_statistics``: the record's update norms and cosine;
     ``non_finite``: the check that excludes an update with NaN or Inf; ``class_scores``:
-    the test set's macro-F1 and per-class recall (accuracy and loss stay).
+    the test set's macro-F1 and per-class recall (accuracy and loss stay). ``lean_torch``
+    goes the other way: the trainer calls torch as the plain loop does (``zero_grad``,
+    ``clip_grad_norm_``; with :func:`_fresh_optimizers`, an optimizer built per client),
+    which shows what its leaner calls of the same kernels save.
     """
     import numpy as np
+    import torch
 
+    import fedfm.client.trainer as trainer
     import fedfm.runtime.simulation as sim
     import fedfm.tasks as tasks_mod
 
@@ -340,7 +347,18 @@ def _patch(removed: tuple[str, ...]) -> None:
             update_statistics=sim.update_statistics,
             non_finite=sim.non_finite,
             class_scores=tasks_mod.class_scores,
+            gradient_clipper=trainer.gradient_clipper,
+            torch_optimizers=trainer._TORCH_OPTIMIZERS,
         )
+    lean = "lean_torch" not in removed
+    trainer._TORCH_OPTIMIZERS = _ORIGINALS["torch_optimizers"] if lean else ()
+    trainer.gradient_clipper = (
+        _ORIGINALS["gradient_clipper"]
+        if lean
+        else lambda params, max_norm: functools.partial(
+            torch.nn.utils.clip_grad_norm_, params, max_norm
+        )
+    )
     skip = {
         "update_statistics": lambda deltas: ([0.0] * len(deltas), None),
         "non_finite": lambda _params: [],
@@ -355,6 +373,15 @@ def _patch(removed: tuple[str, ...]) -> None:
 
 
 _ORIGINALS: dict[str, Any] = {}
+
+
+def _fresh_optimizers(job: Any, fresh: bool) -> None:
+    """``fresh``: every client round builds its optimizer (the job's reused one hidden);
+    else the job's reused one again."""
+    if fresh:
+        job.__dict__["optimizer"] = None  # Job.optimizer is a cached property
+    elif job.__dict__.get("optimizer", True) is None:
+        del job.__dict__["optimizer"]
 
 
 def _seed_cost(calls: int = 2000) -> dict[str, float]:
@@ -386,10 +413,12 @@ def ablate(job: Any, plain_args: tuple, reps: int) -> dict[str, Any]:
                 plain_fedavg(job.model, *plain_args)
             else:
                 _patch(ABLATIONS[variant])
+                _fresh_optimizers(job, "lean_torch" in ABLATIONS[variant])
                 _, metrics = _run_fedfm(job)
                 cum_bytes[variant] = metrics["cum_bytes"]
             times[variant].append(time.perf_counter() - t)
     _patch(())
+    _fresh_optimizers(job, False)
     plain = median(times["plain"])
     # the same FedAvg written as mean(y) instead of x + mean(y - x): how far float rounding
     # alone moves the final params (why the plain loop uses fedfm's delta form)

@@ -199,7 +199,11 @@ def conclude(
     )
     delta = subtract(result.params, start)
     personal = {k: result.params[k].clone() for k in ctx.personal}  # outlives the model's
-    shared = {k: v for k, v in delta.items() if k not in ctx.personal and k not in frozen}
+    shared = (
+        {k: v for k, v in delta.items() if k not in ctx.personal and k not in frozen}
+        if ctx.personal or frozen
+        else delta
+    )
     if rank:  # only the client's own components travel
         shared = lora_bytes_at_rank(shared, rank)
     wire: Params = shared
@@ -215,7 +219,9 @@ def conclude(
             wire, pipeline_state, signals = ctx.pipeline.client(wire, state.pipeline, generator)
     # split.enabled: the server-side tensors' delta stays at the server (not counted as sent)
     kept = ctx.split.server_side if ctx.split is not None else frozenset()
-    travels = {k: v for k, v in {**wire, **extras}.items() if k not in kept}
+    travels = (
+        {k: v for k, v in {**wire, **extras}.items() if k not in kept} if kept or extras else wire
+    )
     upload = Upload(
         client_id=client.id,
         wire=wire,

@@ -55,22 +55,34 @@ def _drop_grads(params: list[torch.nn.Parameter]) -> None:
         p.grad = None
 
 
-def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-    """``torch.nn.utils.clip_grad_norm_(params, max_norm)``, float for float, with less
-    Python per call: when every gradient shares one device and dtype that has foreach
-    kernels, the same three kernels as torch's (the foreach norms, the norm of their stack,
-    the foreach scale by the clamped coefficient) without its grouping of tensors by device
-    and dtype, which costs about as much as the kernels on a small model's step; otherwise
-    torch's own function. Returns the total norm."""
+def gradient_clipper(
+    params: list[torch.nn.Parameter], max_norm: float
+) -> Callable[[], torch.Tensor]:
+    """A call that does ``torch.nn.utils.clip_grad_norm_(params, max_norm)``, float for
+    float, with less Python per step (it returns the total norm).
+
+    When every tensor shares one dtype and a device with foreach kernels (decided once,
+    here: a gradient has its tensor's dtype and device), each call runs torch's kernels
+    without torch's per-call grouping of the tensors by device and dtype: the foreach
+    norms, the norm of their stack, the foreach scale by ``min(max_norm / (total + 1e-6),
+    1)``. Otherwise torch's own function. On a small model's step, that grouping costs
+    about as much as the kernels.
+    """
+    first = params[0] if params else None
+    if (
+        first is None
+        or not _device_has_foreach_support(first.device)
+        or any(p.dtype != first.dtype or p.device != first.device for p in params)
+    ):
+        return partial(torch.nn.utils.clip_grad_norm_, params, max_norm)
+    return partial(_clip_alike, params, max_norm)
+
+
+def _clip_alike(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
-    first = grads[0]
-    if not _device_has_foreach_support(first.device) or any(
-        g.device != first.device or g.dtype != first.dtype for g in grads
-    ):
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    with torch.no_grad():
+    with torch.no_grad():  # not the decorator: that builds a context object per call too
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
         torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
     return total
@@ -178,6 +190,7 @@ def _loop(
     split: SplitStep | None = None,
 ) -> LocalResult:
     device = next(iter(live.values())).device
+    on_accelerator = device.type != "cpu"
     correction = (
         {k: v.to(device) for k, v in hooks.grad_correction.items()}
         if hooks.grad_correction
@@ -188,10 +201,12 @@ def _loop(
         zero_grad: Callable[[], None] = partial(_drop_grads, params)
     else:
         zero_grad = partial(optimizer.zero_grad, set_to_none=True)
+    clip = gradient_clipper(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
     model.train()
     steps, loss_sum = 0, 0.0
     for batch in _epochs_or_steps(make_batches, cfg):
-        batch = {k: v.to(device) for k, v in batch.items()}
+        if on_accelerator:  # batches are made on CPU
+            batch = {k: v.to(device) for k, v in batch.items()}
         if split is not None:  # the client's forward, the server's step, the client's backward
             zero_grad()
             loss_sum += split.step(task, batch).item()  # both halves' gradients in place
@@ -208,8 +223,8 @@ def _loop(
             for name, p in live.items():
                 if p.grad is not None:
                     p.grad.add_(correction[name])
-        if cfg.max_grad_norm > 0:
-            clip_grad_norm(params, cfg.max_grad_norm)
+        if clip is not None:
+            clip()
         optimizer.step()
         steps += 1
     model.eval()

@@ -96,14 +96,22 @@ def decode_upload(job: Job, upload: Upload, *, layers: int = 0) -> Update:
     """
     like, personal = job.initial_params, job.personal
     frozen = frozen_below(list(like), layers)
-    shared = {k: v for k, v in like.items() if k not in personal and k not in frozen}
+    shared = (
+        {k: v for k, v in like.items() if k not in personal and k not in frozen}
+        if personal or frozen
+        else like
+    )
     sent = lora_bytes_at_rank(shared, upload.rank) if upload.rank else shared
     delta = job.pipeline.server(upload.wire, sent) if job.pipeline else upload.wire
     if upload.rank:
         delta = pad_rank(delta, shared)
     return Update(
         client_id=upload.client_id,
-        delta={k: delta[k] if k in delta else torch.zeros_like(v) for k, v in like.items()},
+        delta=(
+            delta  # all sent, in the model's order (a simulated client's usual case)
+            if list(delta) == list(like)
+            else {k: delta[k] if k in delta else torch.zeros_like(v) for k, v in like.items()}
+        ),
         num_examples=upload.num_examples,
         metrics=upload.metrics,
         extras=upload.extras,
