@@ -73,6 +73,8 @@ def test_a_reused_optimizer_trains_each_client_as_a_fresh_one(optimizer):
     start = get_params(model)
     live = trainable_parameters(model)
     reused = OPTIMIZERS[optimizer](list(live.values()), cfg)
+    steps = []
+    reused.register_step_post_hook(lambda *_: steps.append(1))
     for data in clients:  # each client from the same start: fresh vs reused
         set_params(model, start)
         fresh = _copy(train_locally(model, task, lambda e, d=data: iter(d), cfg, LocalHooks()))
@@ -80,8 +82,9 @@ def test_a_reused_optimizer_trains_each_client_as_a_fresh_one(optimizer):
         result = train_locally(
             model, task, lambda e, d=data: iter(d), cfg, LocalHooks(), live=live, optimizer=reused
         )
-        assert reused.state  # it did step
+        assert not reused.state  # emptied after: no moments held between clients
         assert all(torch.equal(fresh[k], result.params[k]) for k in fresh)
+    assert len(steps) == cfg.steps * len(clients)  # the reused one did the stepping
 
 
 def test_train_locally_equals_a_plain_torch_loop_bit_for_bit():

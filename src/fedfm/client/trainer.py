@@ -136,8 +136,9 @@ def train_locally(
             server's step and the client's backward (:mod:`fedfm.client.split`).
         live: ``model``'s :func:`trainable_parameters`, when the caller holds them.
         optimizer: an optimizer over ``live`` (``cfg.optimizer``, built with ``cfg``'s
-            hyperparameters) to reuse instead of building one: its state is cleared first,
-            which makes it a fresh one (no moments, step 0). DP-SGD builds its own.
+            hyperparameters) to reuse instead of building one: its state is cleared before
+            and after (a fresh one's: no moments, step 0; none held between client rounds).
+            DP-SGD builds its own.
     """
     if split is not None and dpsgd is not None and dpsgd.enabled:
         raise ValueError("split fine-tuning does not run under DP-SGD (the config refuses it)")
@@ -160,7 +161,10 @@ def train_locally(
                     live,
                     dp_optimizer,
                 )
-        return _loop(model, task, make_batches, cfg, hooks, live, optimizer, split=split)
+        try:
+            return _loop(model, task, make_batches, cfg, hooks, live, optimizer, split=split)
+        finally:  # a reused optimizer holds no moments between client rounds (memory)
+            optimizer.state.clear()
 
 
 @contextlib.contextmanager
