@@ -60,7 +60,8 @@ class ClientContext:
         live: ``model``'s trainable tensors by name (:attr:`Job.live`, walked once per
             job); ``None``: each client's round walks the model for them.
         optimizer: one optimizer over ``live`` that every client round reuses, its state
-            cleared first (:attr:`Job.optimizer`); ``None``: built per client round.
+            cleared before and after each (:attr:`Job.optimizer`); ``None``: built per
+            client round.
     """
 
     model: torch.nn.Module

@@ -81,8 +81,8 @@ class Job:
     @cached_property
     def optimizer(self) -> torch.optim.Optimizer:
         """One ``client.optimizer`` over :attr:`live`, reused by every client round in this
-        process (its state cleared first: a fresh optimizer's) instead of one built per
-        client round."""
+        process (its state cleared before and after each: a fresh optimizer's) instead of
+        one built per client round."""
         return OPTIMIZERS[self.cfg.client.optimizer](list(self.live.values()), self.cfg.client)
 
     @cached_property

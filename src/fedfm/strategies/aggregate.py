@@ -41,7 +41,7 @@ def weighted_average(params: Sequence[Params], weights: Sequence[float]) -> Para
     out = {}
     for name, ref in params[0].items():
         if k * ref.numel() <= GRAM_BLOCK:
-            if vector is None:
+            if vector is None or vector.device != ref.device:
                 vector = torch.tensor(scaled, dtype=torch.float64, device=ref.device)
             block = torch.stack([p[name] for p in params]).reshape(k, -1).to(torch.float64)
             out[name] = (vector @ block).reshape(ref.shape).to(ref.dtype)

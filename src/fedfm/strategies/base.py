@@ -164,8 +164,8 @@ class Strategy(ABC):
     ) -> tuple[Params, Params]:
         """After local training: ``(extras to upload, new client state)``.
 
-        ``new_params`` may be the model's live tensors (:class:`~fedfm.client.trainer.
-        LocalResult`): a state that keeps them must keep copies.
+        ``new_params`` may be the model's live tensors
+        (:class:`~fedfm.client.trainer.LocalResult`): a state that keeps them keeps copies.
         """
         return {}, client_state
 
