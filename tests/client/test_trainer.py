@@ -20,9 +20,10 @@ def _with_grads(scale: float, seed: int = 0, dtypes=(torch.float32,) * 3):
     return params
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 50.0, float("nan")])
-def test_clip_grad_norm_equals_torchs_bit_for_bit(scale):
-    ours, theirs = _with_grads(scale), _with_grads(scale)
+def test_clip_grad_norm_equals_torchs_bit_for_bit(scale, dtype):
+    ours, theirs = _with_grads(scale, dtypes=(dtype,) * 3), _with_grads(scale, dtypes=(dtype,) * 3)
     total = gradient_clipper(ours, 1.0)()
     expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
     torch.testing.assert_close(total, expected, rtol=0, atol=0, equal_nan=True)
