@@ -287,5 +287,7 @@ def _bytes_note(records: Sequence[Record]) -> str:
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Render ``fig`` to PNG in memory and write it atomically."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    # zlib level 1: still lossless, about 7% larger, a third of the encoding time (the
+    # default level's encoding was about 0.1 s of every small run's end)
+    fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})
     return atomic_write_bytes(path, buf.getvalue())
