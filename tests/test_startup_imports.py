@@ -41,3 +41,18 @@ def test_an_mlp_run_through_the_cli_loads_no_heavy_library(tmp_path: Path) -> No
     code = f"from fedfm.cli import main\nassert main({args!r}) == 0, 'the run failed'"
     assert _imported_after(code) == []
     assert (tmp_path / "mlp" / "summary.json").is_file()  # the run did happen, to the end
+
+
+def test_the_startup_benchmark_accepts_its_own_job() -> None:
+    """``benchmarks/startup.py`` takes overhead.py's MLP job; its plain script must be able to
+    run that job (it once inherited a loss the plain script refuses, and stopped at once)."""
+    bench = Path(__file__).parents[1] / "benchmarks"
+    code = (
+        f"import sys; sys.path.insert(0, {str(bench)!r})\n"
+        "import startup\n"
+        "from fedfm.config import load_config\n"
+        "args = startup.plain_args(load_config(None, startup.MLP))\n"
+        "assert '--rounds' in args, args"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
