@@ -16,9 +16,11 @@ Writes ``benchmarks/results/update_statistics.json``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,7 +63,10 @@ def streamed(deltas: list[dict[str, torch.Tensor]]) -> tuple[list[float], float 
         aggregate.EXACT_STATISTICS = limit
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = parser.parse_args(argv)
     set_threads(1)
     report: dict[str, Any] = {"machine": machine_info(1), "updates": UPDATES, "cohorts": {}}
     for name, shapes in COHORTS.items():
@@ -96,7 +101,7 @@ def main() -> int:
             name, json.dumps({k: v for k, v in report["cohorts"][name].items() if k != "seconds"})
         )
     check_fingerprint(report)
-    write_json(RESULTS / "update_statistics.json", report)
+    write_json(args.out / "update_statistics.json", report)
     return 0
 
 
