@@ -260,7 +260,9 @@ def timed(command: list[str], env: dict[str, str], log: Path) -> dict[str, Any]:
             waiter.join(pause)
         wall = ended["t"] - started
     rc = os.waitstatus_to_exitcode(ended["status"])
-    cpu_ticks = sum(ticks for _, ticks in seen.values())
+    # the main process's own CPU exactly (os.wait4); its descendants' as last sampled (a sample
+    # can miss a process: one fedfm run read 0.0 for the whole tree before this)
+    cpu_ticks = sum(ticks for pid, (_, ticks) in seen.items() if pid != proc.pid)
     seen.pop(proc.pid, None)
     leftover = _reap({pid: started for pid, (started, _) in seen.items()})
     text = log.read_text()
@@ -273,8 +275,8 @@ def timed(command: list[str], env: dict[str, str], log: Path) -> dict[str, Any]:
         "peak_pss_mb": peak[0] / 1024,
         "at_peak_mb": {k.decode()[:-1]: v / 1024 for k, v in zip(ROLLUP, peak, strict=True)},
         "main_peak_rss_mb": ended["maxrss"] / 1024,
-        # each process's CPU seconds as last seen (every 0.25 s), summed over the tree
-        "tree_cpu_seconds_sampled": cpu_ticks / os.sysconf("SC_CLK_TCK"),
+        # the main process's CPU seconds, plus each descendant's as last seen (every 0.25 s)
+        "tree_cpu_seconds_sampled": ended["cpu"] + cpu_ticks / os.sysconf("SC_CLK_TCK"),
         "main_cpu_seconds": ended["cpu"],
         "peak_processes": peak_procs,
         "pss_samples": samples,
