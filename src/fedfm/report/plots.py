@@ -152,7 +152,7 @@ def plot_against_clock(
     label = _LABELS[metric] if metric else "test metric"
     axis = clock_axis(runs)
     ax.set_title(
-        f"{label} by {'wall-clock' if axis.startswith('server') else 'simulated'} time", fontsize=10
+        f"{label} by {'wall-clock' if axis == WALL_AXIS else 'simulated'} time", fontsize=10
     )
     ax.set_xlabel(axis)
     ax.set_ylabel(label)
