@@ -122,9 +122,9 @@ WATCHED = (
     "set_params",
     "check_compatible",
     "trainable_parameters",
+    "screen",
     "non_finite",
     "update_statistics",
-    "gram",
     "class_scores",
     "decode_upload",
     "receive",
@@ -318,18 +318,18 @@ def _run_fedfm(job: Any) -> tuple[dict, dict[str, float]]:
 
 ABLATIONS = {
     "fedfm": (),
-    "fedfm, no update statistics": ("update_statistics",),
-    "fedfm, no non_finite check": ("non_finite",),
+    "fedfm, no update statistics (nor the non-finite screen they carry)": ("update_statistics",),
     "fedfm, no test scores but accuracy and loss": ("class_scores",),
-    "fedfm, all three": ("update_statistics", "non_finite", "class_scores"),
+    "fedfm, neither": ("update_statistics", "class_scores"),
     "fedfm, torch's optimizer build, zero_grad and clip (as plain)": ("lean_torch",),
 }
 
 
 def _patch(removed: tuple[str, ...]) -> None:
     """Swap fedfm's bookkeeping for stand-ins that skip it (training arithmetic unchanged):
-    the time each one adds. ``update_statistics``: the record's update norms and cosine;
-    ``non_finite``: the check that excludes an update with NaN or Inf; ``class_scores``:
+    the time each one adds. ``update_statistics``: the record's update norms and cosine,
+    which are also what finds an update with NaN or Inf (``simulation.screen``; the stand-in's
+    norms are finite, so nothing is checked); ``class_scores``:
     the test set's macro-F1 and per-class recall (accuracy and loss stay). ``lean_torch``
     goes the other way: the trainer calls torch as the plain loop does (``zero_grad``,
     ``clip_grad_norm_``; with :func:`_fresh_optimizers`, an optimizer built per client),
@@ -345,7 +345,6 @@ def _patch(removed: tuple[str, ...]) -> None:
     if not _ORIGINALS:
         _ORIGINALS.update(
             update_statistics=sim.update_statistics,
-            non_finite=sim.non_finite,
             class_scores=tasks_mod.class_scores,
             gradient_clipper=trainer.gradient_clipper,
             torch_optimizers=trainer._TORCH_OPTIMIZERS,
@@ -361,12 +360,10 @@ def _patch(removed: tuple[str, ...]) -> None:
     )
     skip = {
         "update_statistics": lambda deltas: ([0.0] * len(deltas), None),
-        "non_finite": lambda _params: [],
         "class_scores": lambda _true, _pred, k: (np.zeros(k), np.zeros(k)),
     }
     for name, module in (
         ("update_statistics", sim),
-        ("non_finite", sim),
         ("class_scores", tasks_mod),
     ):
         setattr(module, name, skip[name] if name in removed else _ORIGINALS[name])

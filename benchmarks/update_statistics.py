@@ -1,11 +1,13 @@
 """What does the round record's drift statistics (update norms, mean pairwise cosine) cost?
 
 ``fedfm.strategies.aggregate.update_statistics`` runs once per round over the cohort's
-updates. Up to ``EXACT_STATISTICS`` elements it takes the exact float64 Gram; above, one
-streamed float32 pass (norms, then the sum of unit updates). This times both paths on the
-same cohorts, alternated (ABAB), one torch thread, and records how far the streamed figures
-are from the exact ones:
+updates: their norms, then the sum of the unit updates. Up to ``EXACT_STATISTICS`` elements
+it takes the updates as one float64 block; above, one streamed float32 pass. This times both
+paths and a float64 Gram matrix (how the statistics were taken before: ``k`` passes over the
+updates, not two) on the same cohorts, alternated, one torch thread, and records how far
+each path's figures are from the Gram's:
 
+* the MLP of ``benchmarks/overhead.py`` (4,810 values), 10 updates;
 * the 5M-parameter MLP of ``benchmarks/peers`` (4.3M trainable values), 10 updates;
 * MiniLM's LoRA (r = 8, query/value) and head (76k values), 10 updates.
 
@@ -20,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,12 @@ from _common import RESULTS, check_fingerprint, machine_info, median, set_thread
 from fedfm.strategies import aggregate
 
 COHORTS: dict[str, dict[str, tuple[int, ...]]] = {
+    "mlp-digits": {  # overhead.py's MLP: 4,810 values, the float64 block's side
+        "hidden.weight": (64, 64),
+        "hidden.bias": (64,),
+        "out.weight": (10, 64),
+        "out.bias": (10,),
+    },
     "mlp-5m": {
         "hidden.weight": (2048, 64),
         "hidden.bias": (2048,),
@@ -47,20 +56,30 @@ COHORTS: dict[str, dict[str, tuple[int, ...]]] = {
 }
 UPDATES = 10
 REPEATS = 7
+CALLS_VALUES = 10**8  # values a timing covers (so calls on 4,810 values are timed in 2,000s)
 
 
-def exact(deltas: list[dict[str, torch.Tensor]]) -> tuple[list[float], float]:
+def gram(deltas: list[dict[str, torch.Tensor]]) -> tuple[list[float], float]:
     g = aggregate.gram(deltas).numpy()
     return np.sqrt(g.diagonal()).tolist(), aggregate._mean_cosine(g)
 
 
-def streamed(deltas: list[dict[str, torch.Tensor]]) -> tuple[list[float], float | None]:
-    limit = aggregate.EXACT_STATISTICS
-    aggregate.EXACT_STATISTICS = 0  # force the streamed pass whatever the size
-    try:
-        return aggregate.update_statistics(deltas)
-    finally:
+def forced(limit: int) -> Callable[[list[dict[str, torch.Tensor]]], tuple[list[float], Any]]:
+    """``update_statistics`` with ``EXACT_STATISTICS`` set to ``limit`` (0: always streamed;
+    a huge one: always the float64 block), whatever the cohort's size."""
+
+    def statistics(deltas: list[dict[str, torch.Tensor]]) -> tuple[list[float], Any]:
+        default = aggregate.EXACT_STATISTICS
         aggregate.EXACT_STATISTICS = limit
+        try:
+            return aggregate.update_statistics(deltas)
+        finally:
+            aggregate.EXACT_STATISTICS = default
+
+    return statistics
+
+
+ARMS = {"gram": gram, "block": forced(2**62), "streamed": forced(0)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,28 +94,30 @@ def main(argv: list[str] | None = None) -> int:
             {k: 1e-3 * torch.randn(s, generator=g) + 1e-4 * (i % 2) for k, s in shapes.items()}
             for i in range(UPDATES)
         ]
-        times: dict[str, list[float]] = {"exact": [], "streamed": []}
-        for _ in range(REPEATS):
-            for arm, fn in (("exact", exact), ("streamed", streamed)):
+        values = sum(v.numel() for v in deltas[0].values())
+        calls = max(1, CALLS_VALUES // (UPDATES * values))  # small cohorts: time many calls
+        times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+        for rep in range(REPEATS):
+            for arm, fn in ARMS.items() if rep % 2 == 0 else reversed(ARMS.items()):
                 started = time.perf_counter()
-                fn(deltas)
-                times[arm].append(time.perf_counter() - started)
-        (norms, cosine), (s_norms, s_cosine) = exact(deltas), streamed(deltas)
-        assert s_cosine is not None
-        report["cohorts"][name] = {
-            "values": sum(v.numel() for v in deltas[0].values()),
-            "seconds": times,
-            "median_ms_exact": 1e3 * median(times["exact"]),
-            "median_ms_streamed": 1e3 * median(times["streamed"]),
-            "speedup": median(times["exact"]) / median(times["streamed"]),
-            "norm_max_relative_error": max(
-                abs(a - b) / a for a, b in zip(norms, s_norms, strict=True)
-            ),
-            "cosine_abs_error": abs(cosine - s_cosine),
-            "path_taken": "exact"
-            if UPDATES * sum(v.numel() for v in deltas[0].values()) <= aggregate.EXACT_STATISTICS
-            else "streamed",
-        }
+                for _ in range(calls):
+                    fn(deltas)
+                times[arm].append((time.perf_counter() - started) / calls)
+        norms, cosine = gram(deltas)
+        entry: dict[str, Any] = {"values": values, "calls_per_timing": calls, "seconds": times}
+        for arm in ("block", "streamed"):
+            a_norms, a_cosine = ARMS[arm](deltas)
+            entry[f"median_ms_{arm}"] = 1e3 * median(times[arm])
+            entry[f"{arm}_speedup_over_gram"] = median(times["gram"]) / median(times[arm])
+            entry[f"{arm}_norm_max_relative_error"] = max(
+                abs(a - b) / a for a, b in zip(norms, a_norms, strict=True)
+            )
+            entry[f"{arm}_cosine_abs_error"] = abs(cosine - a_cosine)
+        entry["median_ms_gram"] = 1e3 * median(times["gram"])
+        entry["path_taken"] = (
+            "block" if UPDATES * values <= aggregate.EXACT_STATISTICS else "streamed"
+        )
+        report["cohorts"][name] = entry
         print(
             name, json.dumps({k: v for k, v in report["cohorts"][name].items() if k != "seconds"})
         )

@@ -1,16 +1,22 @@
 """The simulation on digits + MLP (fast): resume equality, exclusion of bad updates, bytes."""
 
+import math
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from fedfm.client.state import ClientState
 from fedfm.config import load_config
 from fedfm.models.params import payload_bytes
 from fedfm.report.metrics import read_records
+from fedfm.runtime import simulation
 from fedfm.runtime.job import build_job
 from fedfm.runtime.run import execute, prepare_run_dir, resume_config
-from fedfm.runtime.simulation import RoundState, run_round
+from fedfm.runtime.simulation import RoundIntake, RoundState, run_round
 from fedfm.runtime.transports import in_process
+from fedfm.strategies.aggregate import EXACT_STATISTICS, update_statistics
+from fedfm.strategies.base import Update
 
 FAST = [
     "data.dataset=digits",
@@ -53,17 +59,20 @@ def test_resume_reaches_the_same_final_metrics(tmp_path, strategy):
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
 
 
-def test_non_finite_update_is_excluded_and_round_goes_on(tmp_path, monkeypatch):
-    job = build_job(_cfg(tmp_path, "strategy.clients_per_round=4"))
+@pytest.mark.parametrize("strategy, value", [("fedavg", "nan"), ("scaffold", "-inf")])
+def test_non_finite_update_is_excluded_and_round_goes_on(tmp_path, monkeypatch, strategy, value):
+    job = build_job(_cfg(tmp_path, "strategy.clients_per_round=4", f"strategy.name={strategy}"))
     state = RoundState(round=0, global_params=job.initial_params)
     cohort = job.strategy.select(1, len(job.federation), seed=job.cfg.seed)
     poisoned = cohort[1]
     real_fit = in_process.fit_client
+    deltas = {}
 
     def fit(job, client, *args, **kwargs):
         outcome = real_fit(job, client, *args, **kwargs)
         if client.id == poisoned:
-            outcome.update.delta[next(iter(outcome.update.delta))][0] = float("nan")
+            outcome.update.delta[next(iter(outcome.update.delta))][0] = float(value)
+        deltas[client.id] = outcome.update.delta
         return outcome
 
     monkeypatch.setattr(in_process, "fit_client", fit)
@@ -74,6 +83,60 @@ def test_non_finite_update_is_excluded_and_round_goes_on(tmp_path, monkeypatch):
     assert record["num_examples"] == sum(
         job.federation[c].num_examples for c in cohort if c != poisoned
     )
+    # the record's statistics are the kept updates' own; the excluded client keeps no state
+    norms, cosine = update_statistics([deltas[c] for c in cohort if c != poisoned])
+    assert record["update_norm_max"] == max(norms) and record["update_cosine"] == cosine
+    if strategy == "scaffold":
+        assert sorted(state.client_states) == sorted(c for c in cohort if c != poisoned)
+
+
+def test_screen_finds_non_finite_updates_by_their_norms_and_checks_only_those(monkeypatch):
+    """NaN, Inf and non-finite extras are rejected in the order taken in, with their names;
+    finite values whose float32 norm overflows (a streamed cohort) pass; the element-wise
+    check runs only on updates whose norm is not finite (or that carry extras)."""
+    big = EXACT_STATISTICS  # one update this size streams its statistics in float32
+    like = {"w": torch.zeros(big), "b": torch.zeros(2)}
+
+    def update(cid, w=1.0, b=(0.0, 1.0), extras=None):
+        delta = {"w": torch.full((big,), w), "b": torch.tensor(b)}
+        return Update(cid, delta, num_examples=1, extras=extras or {})
+
+    intake = RoundIntake()
+    sent = [
+        update(0),
+        update(1, b=(float("nan"), 0.0)),
+        update(2, w=-2.0),
+        update(3, w=float("inf")),
+        update(4, extras={"dc.w": torch.tensor([float("nan")])}),
+        update(5, w=1e20),  # finite, but its float32 norm is Inf
+    ]
+    state = RoundState(round=0, global_params=like)
+    for u in sent:
+        outcome = simulation.ClientOutcome(u, ClientState(strategy={"c": torch.ones(1)}))
+        simulation.receive(_NoFeatures(), state, intake, u.client_id, outcome)
+    checked = []
+    real = simulation.non_finite
+    monkeypatch.setattr(
+        simulation, "non_finite", lambda params: checked.append(params) or real(params)
+    )
+    simulation.screen(state, intake)
+
+    assert intake.excluded == [
+        {"client": 1, "reason": "non-finite values in ['b']"},
+        {"client": 3, "reason": "non-finite values in ['w']"},
+        {"client": 4, "reason": "non-finite values in ['dc.w']"},
+    ]
+    assert [u.client_id for u in intake.updates] == [0, 2, 5]
+    assert sorted(state.client_states) == [0, 2, 5] and not intake.pending
+    assert len(checked) == 2 * 4  # delta and extras of clients 1, 3, 4 and 5 only
+    norms, cosine = update_statistics([u.delta for u in intake.updates])
+    assert intake.norms == norms and intake.cosine == cosine
+    assert norms[:2] == pytest.approx([math.sqrt(big + 1), math.sqrt(4 * big + 1)], rel=1e-6)
+    assert norms[2] == math.inf
+
+
+class _NoFeatures:
+    features = ()
 
 
 def test_failing_client_is_recorded_not_raised(tmp_path, monkeypatch):

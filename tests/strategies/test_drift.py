@@ -13,6 +13,7 @@ from fedfm.runtime.job import build_job
 from fedfm.runtime.simulation import RoundState, run_round
 from fedfm.strategies.aggregate import (
     EXACT_STATISTICS,
+    _mean_cosine,
     gram,
     mean_pairwise_cosine,
     update_statistics,
@@ -74,6 +75,32 @@ def test_streamed_update_statistics_agree_with_the_exact_gram(dtype):
     expected = float((cos.sum() - cos.diagonal().sum()) / (k * (k - 1)))
     assert cosine == pytest.approx(expected, abs=1e-5)
     assert cosine > 0.03  # the aligned pair shows (its two cosines of 0.7 over 30)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_update_statistics_of_a_small_cohort_match_the_gram_to_float64_rounding(dtype):
+    deltas = [_random(s, dtype=dtype) for s in range(4)]
+    deltas.insert(2, {k: torch.zeros_like(v) for k, v in deltas[0].items()})  # its cosines: 0
+    g = gram(deltas)
+    norms, cosine = update_statistics(deltas)
+    torch.testing.assert_close(torch.tensor(norms, dtype=torch.float64), g.diagonal().sqrt())
+    assert norms[2] == 0.0
+    assert cosine == pytest.approx(_mean_cosine(g.numpy()), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["block", "streamed"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_an_update_holding_nan_or_inf_has_a_non_finite_norm(streamed, bad):
+    """What the round's screen relies on to find non-finite updates without a pass of its own
+    (:func:`fedfm.runtime.simulation.screen`): the others' norms stay as they were."""
+    shapes = {"w": (64, 300), "b": (300,), "s": ()} if streamed else SHAPES
+    deltas = [_random(s, shapes) for s in range(4)]
+    clean, _ = update_statistics(deltas)
+    deltas[1]["b"][-1] = bad
+    assert (len(deltas) * sum(v.numel() for v in deltas[0].values()) > EXACT_STATISTICS) is streamed
+    norms, cosine = update_statistics(deltas)
+    assert not math.isfinite(norms[1]) and not math.isfinite(cosine)
+    assert [norms[0], *norms[2:]] == [clean[0], *clean[2:]]
 
 
 def test_update_statistics_of_one_update_has_no_cosine():

@@ -59,6 +59,7 @@ from fedfm.runtime.simulation import (
     finish_round,
     plan_work,
     receive,
+    screen,
 )
 from fedfm.runtime.transports import in_process
 from fedfm.strategies.base import Update
@@ -156,6 +157,7 @@ def _take_in(
         arrived.append(cid)
         outcome, error = arrival.flight.payload
         receive(job, state, intake, cid, outcome, error)
+        screen(state, intake)
         if intake.updates:  # valid: it waits in the buffer, not in the intake
             intake.updates.pop()
             server.hold(arrival)

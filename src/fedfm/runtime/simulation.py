@@ -6,8 +6,9 @@ A round, as one readable template:
 2. send the global params and the strategy's payload (bytes down counted);
 3. the transport trains the cohort (in process, on Ray actors, or remote clients over gRPC:
    :mod:`fedfm.runtime.transports`) and hands back each client's upload, decoded once by
-   :func:`decode_upload`, or the reason it has none; a client that fails or returns NaN/Inf
-   is recorded and excluded (:func:`receive`);
+   :func:`decode_upload`, or the reason it has none; a client that fails or returns a
+   malformed update is recorded and excluded (:func:`receive`), and so is one holding NaN
+   or Inf, found by the cohort's update statistics (:func:`screen`);
 4. aggregate the valid updates into new global params (:func:`finish_round`);
 5. evaluate on the global test set (and optionally on every client's held-out split).
 
@@ -276,6 +277,9 @@ class RoundIntake:
     excluded: list[dict[str, Any]] = field(default_factory=list)
     stragglers: list[int] = field(default_factory=list)
     sim_time: float = 0.0
+    pending: dict[int, ClientState] = field(default_factory=dict)  # kept once screened
+    norms: list[float] = field(default_factory=list)  # of ``updates``, once screened
+    cosine: float | None = None  # their mean pairwise cosine (two or more)
 
 
 def plan_round(job: Job, state: RoundState) -> RoundPlan:
@@ -324,8 +328,9 @@ def receive(
     outcome: ClientOutcome | None,
     error: str | None = None,
 ) -> None:
-    """Take in one client's work: a failure is recorded, a malformed or non-finite update is
-    rejected with its reason, a good one is kept with the states the client leaves behind."""
+    """Take in one client's work: a failure is recorded, a malformed update is rejected with
+    its reason, a well-formed one waits in ``intake`` with the states the client leaves
+    behind, for :func:`screen`."""
     if outcome is None:
         intake.excluded.append({"client": client_id, "reason": error or "no update"})
         return
@@ -333,15 +338,43 @@ def receive(
     for feature in job.features:  # e.g. DP-SGD's steps: spent whether or not it is kept
         feature.received(job, client_id, update)
     wrong = mismatches(update.delta, state.global_params)
-    bad = non_finite(update.delta) + non_finite(update.extras) if not wrong else []
     if wrong:
         intake.excluded.append({"client": client_id, "reason": f"malformed update: {wrong[:3]}"})
         return
-    if bad:
-        intake.excluded.append({"client": client_id, "reason": f"non-finite values in {bad[:3]}"})
-        return
     intake.updates.append(update)
-    state.keep(client_id, outcome.state)
+    intake.pending[client_id] = outcome.state
+
+
+def screen(state: RoundState, intake: RoundIntake) -> None:
+    """Reject the updates in ``intake`` that hold NaN or Inf, keep the states of the others'
+    clients in ``state``, and set ``intake.norms`` and ``intake.cosine`` (the round record's
+    update statistics) over what is kept.
+
+    The statistics find the non-finite updates without a pass of their own: a NaN or Inf
+    makes its update's norm NaN or Inf. Only an update whose norm is not finite is checked
+    element by element (which also names the culprits; finite values whose norm overflows
+    pass), and the statistics are taken again without the rejected ones.
+    """
+    updates = intake.updates
+    norms, cosine = update_statistics([u.delta for u in updates]) if updates else ([], None)
+    bad = {
+        i: non_finite(u.delta) + non_finite(u.extras)
+        for i, u in enumerate(updates)
+        if u.extras or not math.isfinite(norms[i])
+    }
+    bad = {i: names for i, names in bad.items() if names}
+    if bad:
+        for i, names in bad.items():
+            reason = f"non-finite values in {names[:3]}"
+            intake.excluded.append({"client": updates[i].client_id, "reason": reason})
+        updates = [u for i, u in enumerate(updates) if i not in bad]
+        norms, cosine = update_statistics([u.delta for u in updates]) if updates else ([], None)
+    for update in updates:
+        kept = intake.pending.pop(update.client_id, None)
+        if kept is not None:
+            state.keep(update.client_id, kept)
+    intake.updates, intake.norms, intake.cosine = updates, norms, cosine
+    intake.pending.clear()
 
 
 Fitted = tuple[ClientOutcome | None, str | None]  # an outcome, or why the client has none
@@ -436,8 +469,10 @@ def run_round(
 def finish_round(
     job: Job, state: RoundState, plan: RoundPlan, intake: RoundIntake
 ) -> dict[str, Any]:
-    """Aggregate what the round took in, advance ``state`` and return the round's record."""
+    """Screen what the round took in, aggregate it, advance ``state`` and return the round's
+    record."""
     cfg, strategy = job.cfg, job.strategy
+    screen(state, intake)
     round_, updates, excluded = plan.round, intake.updates, intake.excluded
     bytes_down = plan.bytes_down
     reduced: dict[str, Any] = {}
@@ -484,11 +519,11 @@ def finish_round(
     record.update(reduced)  # the update chain's: clip norm, Krum's picks, SecAgg's cost
     record.update(each(late, lambda f: f.round_record(job, state, plan, intake)))
     if updates:  # what clipping and norm bounds act on (after the client's pipeline)
-        norms, cosine = update_statistics([u.delta for u in updates])
+        norms = intake.norms
         record["update_norm_median"] = statistics.median(norms)  # numpy's costs ~100 µs
         record["update_norm_max"] = max(norms)
-        if cosine is not None:  # client drift: how aligned the cohort's updates are
-            record["update_cosine"] = cosine
+        if intake.cosine is not None:  # client drift: how aligned the cohort's updates are
+            record["update_cosine"] = intake.cosine
     if round_ % cfg.eval.every == 0 or round_ == job.rounds:
         record.update(evaluate_round(job, state))
     record["seconds"] = time.perf_counter() - plan.started
