@@ -1,4 +1,5 @@
-"""A feature-model run pays only for what it uses: no transformers, peft, opacus, grpc or ray.
+"""A feature-model run pays only for what it uses: no transformers, peft, opacus, grpc, ray or
+cryptography.
 
 Each of these costs from a tenth of a second to seconds to import, more than a small MLP job
 takes to train (issue 21, "start-up cost"; ``benchmarks/startup.py`` measures the whole process).
@@ -9,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("transformers", "peft", "opacus", "grpc", "ray")
+HEAVY = ("transformers", "peft", "opacus", "grpc", "ray", "cryptography")
 MLP_ONE_ROUND = [
     "data.dataset=digits",
     "model.name=mlp",
