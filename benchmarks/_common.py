@@ -140,10 +140,12 @@ def machine_info(threads: int) -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
 
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
+    def git(*args: str) -> str:  # "" without git or a repository (a copied tree)
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        except OSError:
+            return ""
+        return done.stdout.strip()
 
     return {
         "nproc": os.cpu_count(),
@@ -152,6 +154,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch_threads": threads,
+        "accelerator": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_at_start": list(os.getloadavg()),
         "git_head": git("rev-parse", "--short", "HEAD"),
         "src_uncommitted_changes": bool(git("status", "--porcelain", "--", "src")),

@@ -22,6 +22,9 @@ Writes ``benchmarks/results/parallel_clients.json`` with the resolved configs.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/parallel_clients.py   # ~3 min on 2 busy cores
     .venv/bin/python benchmarks/parallel_clients.py --only trec6 --rounds 3 --threads 2
+    # larger stacks and cohorts, on a GPU (benchmarks/device/parallel_clients.sh does this)
+    python3 benchmarks/parallel_clients.py --arms 0,16,64 --set device=cuda \
+        --set data.num_clients=256 --set strategy.clients_per_round=64
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from _common import (
 )
 
 SCRIPT = Path(__file__).resolve()
-ARMS = {"sequential": 0, "parallel_4": 4, "parallel_8": 8}
+ARMS = "0,4,8"  # the arms' simulation.parallel_clients (0: sequential)
 # Small settings: 8 clients a round of about 40 examples each (Dirichlet sizes and labels).
 OVERRIDES = [
     "data.num_clients=16",
@@ -62,6 +65,7 @@ WORKLOADS = {
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
     from rich.console import Console
 
     from fedfm.client import fit as fit_module
@@ -76,7 +80,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     rounds = spec["rounds"]
     base = [*spec["overrides"], f"rounds={rounds + 1}", "eval.every=1000", "eval.per_client=false"]
     arms: dict[str, dict[str, Any]] = {}
-    for arm, size in ARMS.items():
+    for arm, size in spec["arms"].items():
         cfg = load_config(None, [*base, f"simulation.parallel_clients={size}"])
         job = build_job(cfg)
         opened = TRANSPORTS.get("simulation")(job, Path("."), Console(quiet=True))
@@ -107,13 +111,16 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     stack_batches = parallel_module.stack_batches
     fit_module.batches = counted  # training batches only (evaluation unchanged)
     parallel_module.stack_batches = stacked
-    names = list(ARMS)
+    names = list(arms)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     for round_ in range(1, rounds + 1):
         shift = round_ % len(names)
         for arm in names[shift:] + names[:shift]:
             a, current[:] = arms[arm], [arm]
+            sync()
             started, cpu = time.perf_counter(), time.process_time()
             record = run_round(a["job"], a["state"], transport=a["transport"])
+            sync()  # a GPU's queued work belongs to the round
             a["seconds"].append(time.perf_counter() - started)
             a["cpu_seconds"].append(time.process_time() - cpu)
             a["clients"].append(len(record["cohort"]))
@@ -141,12 +148,20 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def arm_names(sizes: str) -> dict[str, int]:
+    """``"0,4,8"`` -> ``{"sequential": 0, "parallel_4": 4, "parallel_8": 8}``."""
+    values = [int(v) for v in sizes.split(",")]
+    if 0 not in values or any(v < 0 or v == 1 for v in values):
+        raise SystemExit(f"--arms {sizes!r}: sizes 0 (sequential, required) or >= 2")
+    return {"sequential" if v == 0 else f"parallel_{v}": v for v in values}
+
+
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
     timed = slice(1, None) if len(result["sequential"]["seconds"]) > 1 else slice(None)
     seq = result["sequential"]["clients_per_second"][timed]
     out: dict[str, Any] = {}
     seq_cpu = result["sequential"]["clients_per_cpu_second"][timed]
-    for arm in ARMS:
+    for arm in result:
         rate = result[arm]["clients_per_second"][timed]
         cpu_rate = result[arm]["clients_per_cpu_second"][timed]
         ratios = [r / s for r, s in zip(rate, seq, strict=True)]
@@ -167,9 +182,14 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = workload_parser(__doc__.split("\n\n")[0], WORKLOADS, rounds=4)
+    parser.add_argument("--arms", default=ARMS, help=f"parallel_clients per arm (default {ARMS})")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, every arm"
+    )
     args = parser.parse_args(argv)
     if serve_worker(args, worker):
         return 0
+    arms = arm_names(args.arms)
     report: dict[str, Any] = {
         "machine": machine_info(args.threads),
         "rounds": args.rounds,
@@ -178,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in [args.only] if args.only else list(WORKLOADS):
         started = time.perf_counter()
-        spec = {"overrides": WORKLOADS[name], "rounds": args.rounds}
+        spec = {"overrides": [*WORKLOADS[name], *args.set], "rounds": args.rounds, "arms": arms}
         result = run_worker(SCRIPT, spec, threads=args.threads)
         report["workloads"][name] = {
             "spec": spec,
@@ -192,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             name,
             arm,
-            ARMS[arm],
+            arms[arm],
             f"{s['median_clients_per_second']:.2f}",
             f"{s['median_speedup']:.2f}",
             f"{s['median_clients_per_cpu_second']:.2f}",
