@@ -12,7 +12,7 @@ ratios (fedfm / plain) <= 1.5.
 
 It also runs ``python -X importtime`` on ``import fedfm.runtime.run`` and on the whole CLI
 process, and reports the slowest imports that fedfm code (or the process itself) asks for,
-and whether transformers, peft, opacus, grpc or ray were imported at all.
+and whether transformers, peft, opacus, grpc, ray or cryptography were imported at all.
 
 Usage:
     .venv/bin/python benchmarks/startup.py            # 5 runs each, about 2 minutes on 2 cores
@@ -48,7 +48,7 @@ PLAIN = Path(__file__).resolve().parent / "startup_plain.py"
 # plain loop; startup_plain.py does the default (balanced) loss, as a `fedfm run` user gets
 MLP = [o for o in OVERHEAD_MLP if not o.startswith("client.loss=")]
 GOAL = 1.5
-HEAVY = ("transformers", "peft", "opacus", "grpc", "ray")
+HEAVY = ("transformers", "peft", "opacus", "grpc", "ray", "cryptography")
 TOP = 12  # slowest imports listed
 _KEYS = ("wall_seconds", "cpu_seconds", "peak_rss_mb")  # per process, from os.wait4
 

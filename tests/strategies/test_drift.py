@@ -103,6 +103,11 @@ def test_an_update_holding_nan_or_inf_has_a_non_finite_norm(streamed, bad):
     assert [norms[0], *norms[2:]] == [clean[0], *clean[2:]]
 
 
+def test_update_statistics_of_updates_with_no_tensors_are_zero():
+    assert update_statistics([{}, {}]) == ([0.0, 0.0], 0.0)
+    assert update_statistics([{}]) == ([0.0], None)
+
+
 def test_update_statistics_of_one_update_has_no_cosine():
     big = {"w": torch.ones(EXACT_STATISTICS + 1)}
     norms, cosine = update_statistics([big])

@@ -353,16 +353,17 @@ def screen(state: RoundState, intake: RoundIntake) -> None:
     The statistics find the non-finite updates without a pass of their own: a NaN or Inf
     makes its update's norm NaN or Inf. Only an update whose norm is not finite is checked
     element by element (which also names the culprits; finite values whose norm overflows
-    pass), and the statistics are taken again without the rejected ones.
+    pass), and so are the extras some strategies send beside the delta (SCAFFOLD's), which
+    the statistics do not cover; the statistics are taken again without the rejected ones.
     """
     updates = intake.updates
     norms, cosine = update_statistics([u.delta for u in updates]) if updates else ([], None)
-    bad = {
-        i: non_finite(u.delta) + non_finite(u.extras)
-        for i, u in enumerate(updates)
-        if u.extras or not math.isfinite(norms[i])
-    }
-    bad = {i: names for i, names in bad.items() if names}
+    bad: dict[int, list[str]] = {}
+    for i, (update, norm) in enumerate(zip(updates, norms, strict=True)):
+        names = [] if math.isfinite(norm) else non_finite(update.delta)
+        names += non_finite(update.extras) if update.extras else []  # SCAFFOLD's
+        if names:
+            bad[i] = names
     if bad:
         for i, names in bad.items():
             reason = f"non-finite values in {names[:3]}"

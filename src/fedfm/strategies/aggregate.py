@@ -155,6 +155,8 @@ def update_statistics(deltas: Sequence[Params]) -> tuple[list[float], float | No
         ([5.0, 2.0], 0.8)
     """
     k = len(deltas)
+    if not deltas[0]:  # nothing trainable travels
+        return [0.0] * k, 0.0 if k >= 2 else None
     if k * sum(v.numel() for v in deltas[0].values()) <= EXACT_STATISTICS:
         block = torch.cat(
             [torch.stack([d[name] for d in deltas]).reshape(k, -1) for name in deltas[0]], dim=1
