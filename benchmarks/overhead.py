@@ -329,8 +329,8 @@ def _patch(removed: tuple[str, ...]) -> None:
     """Swap fedfm's bookkeeping for stand-ins that skip it (training arithmetic unchanged):
     the time each one adds. ``update_statistics``: the record's update norms and cosine,
     which are also what finds an update with NaN or Inf (``simulation.screen``; the stand-in's
-    norms are finite, so nothing is checked); ``class_scores``:
-    the test set's macro-F1 and per-class recall (accuracy and loss stay). ``lean_torch``
+    norms are finite, so nothing is checked); ``class_scores``: the test set's macro-F1 and
+    per-class recall (accuracy and loss stay). ``lean_torch``
     goes the other way: the trainer calls torch as the plain loop does (``zero_grad``,
     ``clip_grad_norm_``; with :func:`_fresh_optimizers`, an optimizer built per client),
     which shows what its leaner calls of the same kernels save.

@@ -33,7 +33,7 @@ from _common import RESULTS, check_fingerprint, machine_info, median, set_thread
 from fedfm.strategies import aggregate
 
 COHORTS: dict[str, dict[str, tuple[int, ...]]] = {
-    "mlp-digits": {  # overhead.py's MLP: 4,810 values, the float64 block's side
+    "mlp-digits": {  # overhead.py's MLP: 4,810 values, under EXACT_STATISTICS (the block)
         "hidden.weight": (64, 64),
         "hidden.bias": (64,),
         "out.weight": (10, 64),

@@ -93,7 +93,7 @@ def test_non_finite_update_is_excluded_and_round_goes_on(tmp_path, monkeypatch, 
 def test_screen_finds_non_finite_updates_by_their_norms_and_checks_only_those(monkeypatch):
     """NaN, Inf and non-finite extras are rejected in the order taken in, with their names;
     finite values whose float32 norm overflows (a streamed cohort) pass; the element-wise
-    check runs only on updates whose norm is not finite (or that carry extras)."""
+    check runs only on the deltas whose norm is not finite, and on extras."""
     big = EXACT_STATISTICS  # one update this size streams its statistics in float32
     like = {"w": torch.zeros(big), "b": torch.zeros(2)}
 
