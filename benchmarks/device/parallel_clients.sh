@@ -12,12 +12,14 @@ out=${OUT:-benchmarks/results/device}
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "$kit"/wheels/*.whl
-export PYTHONPATH="/tmp/site:$kit/site:$PWD/src" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+export PYTHONPATH="/tmp/site:$kit/site:$PWD/src" PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # nothing outside the machine can be reached
 {
     echo "kit made at $(cat "$kit/git_head")"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     python3 benchmarks/device/random_model.py "$kit/minilm" /tmp/minilm
-    # TREC-6's whole training pool over 256 clients (about 17 examples each), 64 a round; stacks of 8, 32 and 64 against sequential
+    # TREC-6's whole training pool over 256 clients (about 17 examples each), 64 a round;
+    # stacks of 8, 32 and 64 against sequential
     python3 benchmarks/parallel_clients.py --rounds "${ROUNDS:-4}" --threads 8 \
         --arms "${ARMS:-0,8,32,64}" --out "$out" \
         --set model.name=/tmp/minilm --set device="${DEVICE:-cuda}" --set data.max_train_examples=0 \
