@@ -109,11 +109,18 @@ def gram(deltas: Sequence[Params]) -> torch.Tensor:
     k = len(deltas)
     g: torch.Tensor | None = None
     for names in _blocks(deltas[0], max(1, GRAM_BLOCK // max(k, 1))):
-        block = torch.cat(
-            [torch.stack([d[name] for d in deltas]).reshape(k, -1) for name in names], dim=1
-        ).to(torch.float64)
+        block = _flattened(deltas, names)
         g = block @ block.T if g is None else g + block @ block.T
     return torch.zeros(k, k, dtype=torch.float64) if g is None else g
+
+
+def _flattened(deltas: Sequence[Params], names: Sequence[str]) -> torch.Tensor:
+    """The ``(k, n)`` float64 matrix whose row ``i`` is ``deltas[i]``'s tensors ``names``,
+    flattened side by side."""
+    k = len(deltas)
+    return torch.cat(
+        [torch.stack([d[name] for d in deltas]).reshape(k, -1) for name in names], dim=1
+    ).to(torch.float64)
 
 
 def _blocks(params: Params, columns: int) -> list[list[str]]:
@@ -158,9 +165,7 @@ def update_statistics(deltas: Sequence[Params]) -> tuple[list[float], float | No
     if not deltas[0]:  # nothing trainable travels
         return [0.0] * k, 0.0 if k >= 2 else None
     if k * sum(v.numel() for v in deltas[0].values()) <= EXACT_STATISTICS:
-        block = torch.cat(
-            [torch.stack([d[name] for d in deltas]).reshape(k, -1) for name in deltas[0]], dim=1
-        ).to(torch.float64)
+        block = _flattened(deltas, list(deltas[0]))
         norms = torch.linalg.vector_norm(block, dim=1).tolist()
         if k < 2:
             return norms, None
